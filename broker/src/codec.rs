@@ -1,0 +1,266 @@
+//! The seam into rumqttd: a wrapper around its MQTT 3.1.1 codec (`V4`).
+//!
+//! rumqttd's router queues a PUBACK before it looks at a publish and has no
+//! persistence hook, but every byte a connection reads or writes passes
+//! through the `Protocol` codec handed to `Server::new`, which rumqttd clones
+//! once per accepted connection. So this codec
+//!
+//! ```text
+//! read_mut: frame a packet with V4; on PUBLISH: validate topic and payload,
+//!           submit to the sink (spool) and remember the ticket
+//! write:    on PUBACK/PUBREC: wait until the connection's last ticket is
+//!           durable, then encode; if the sink failed, refuse to encode, which
+//!           makes rumqttd drop the connection without acknowledging
+//! ```
+//!
+//! Invariant: a device never sees a PUBACK for a publish the sink has not made
+//! durable. Waiting for the connection's *latest* ticket rather than the one of
+//! the acknowledged packet can only wait longer, never shorter.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{Error, Packet, Protocol, Publish};
+use telemetry::{check_well_formed, CborError, Limits};
+use tracing::{error, warn};
+
+use crate::metrics::{BrokerMetrics, QosLabel, ReasonLabel};
+use crate::sink::{Disposition, Incoming, IngestSink, Ticket};
+use crate::topic::device_id_from_topic;
+
+/// How often a device's rejected publishes are logged at most.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// State shared by every connection of one listener.
+struct Shared {
+    sink: Arc<dyn IngestSink>,
+    limits: Limits,
+    durable_timeout: Duration,
+    metrics: BrokerMetrics,
+    /// Last time a rejection was logged per device, to log once per interval.
+    reject_log: Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// Per-connection state. `write` takes `&self`, hence the atomics.
+#[derive(Default)]
+struct Connection {
+    /// Ticket of the latest QoS 1/2 publish read on this connection (0: none).
+    last_ticket: AtomicU64,
+    /// Whether this value stands for a live connection (the template does not).
+    live: AtomicBool,
+    client_id: Mutex<String>,
+    metrics: Option<BrokerMetrics>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let (true, Some(metrics)) = (self.live.load(Ordering::Relaxed), &self.metrics) {
+            metrics.connections.dec();
+        }
+    }
+}
+
+/// rumqttd `Protocol` that spools publishes and holds acknowledgements.
+pub struct IngestCodec {
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+}
+
+impl IngestCodec {
+    pub fn new(
+        sink: Arc<dyn IngestSink>,
+        limits: Limits,
+        durable_timeout: Duration,
+        metrics: BrokerMetrics,
+    ) -> IngestCodec {
+        IngestCodec {
+            shared: Arc::new(Shared {
+                sink,
+                limits,
+                durable_timeout,
+                metrics,
+                reject_log: Mutex::default(),
+            }),
+            conn: Arc::default(),
+        }
+    }
+
+    /// A copy for a `Server` to clone per connection; not itself a connection.
+    pub(crate) fn clone_template(&self) -> IngestCodec {
+        IngestCodec {
+            shared: self.shared.clone(),
+            conn: Arc::default(),
+        }
+    }
+
+    fn ingest(&self, publish: &Publish, qos: u8) -> Result<(), Error> {
+        let shared = &self.shared;
+        let received_at = now_ms();
+        let topic = std::str::from_utf8(&publish.topic).map_err(|_| Error::TopicNotUtf8)?;
+        let Some(device_id) = device_id_from_topic(topic) else {
+            let client_id = self.conn.client_id.lock().map(|c| c.clone()).unwrap_or_default();
+            self.reject(&client_id, "topic", "topic is not devices/{device_id}/telemetry");
+            // Best effort: keep it for inspection, but the connection closes
+            // either way, so nothing waits on this ticket.
+            let _ = shared.sink.submit(Incoming {
+                device_id: client_id,
+                topic: topic.to_string(),
+                received_at,
+                payload: publish.payload.clone(),
+                qos,
+                disposition: Disposition::Rejected {
+                    reason: format!("topic {topic:?} is not devices/{{device_id}}/telemetry"),
+                },
+            });
+            return Err(Error::InvalidProtocol);
+        };
+
+        let disposition = match check_payload(&publish.payload, &shared.limits) {
+            Ok(()) => {
+                shared
+                    .metrics
+                    .publishes_accepted
+                    .get_or_create(&QosLabel { qos })
+                    .inc();
+                Disposition::Reading
+            }
+            Err((reason, message)) => {
+                self.reject(device_id, reason, &message);
+                Disposition::Rejected { reason: message }
+            }
+        };
+        let ticket = shared
+            .sink
+            .submit(Incoming {
+                device_id: device_id.to_string(),
+                topic: topic.to_string(),
+                received_at,
+                payload: publish.payload.clone(),
+                qos,
+                disposition,
+            })
+            .map_err(|err| {
+                error!(device_id, error = %err, "spool refused a publish; closing the connection");
+                Error::InvalidProtocol
+            })?;
+        if qos > 0 {
+            self.conn.last_ticket.fetch_max(ticket.0, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Counts a rejection and logs it at most once per device per interval.
+    fn reject(&self, device_id: &str, reason: &'static str, message: &str) {
+        self.shared
+            .metrics
+            .publishes_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        let now = Instant::now();
+        let Ok(mut log) = self.shared.reject_log.lock() else {
+            return;
+        };
+        let due = log
+            .get(device_id)
+            .is_none_or(|last| now.duration_since(*last) >= REJECT_LOG_INTERVAL);
+        if due {
+            if log.len() > 10_000 {
+                log.retain(|_, last| now.duration_since(*last) < REJECT_LOG_INTERVAL);
+            }
+            log.insert(device_id.to_string(), now);
+            warn!(device_id, reason, message, "publish rejected (logged once a minute per device)");
+        }
+    }
+
+    /// Blocks until everything this connection published with QoS > 0 is durable.
+    fn wait_durable(&self) -> Result<(), Error> {
+        let ticket = self.conn.last_ticket.load(Ordering::Acquire);
+        if ticket == 0 || self.shared.sink.is_durable(Ticket(ticket)) {
+            return Ok(());
+        }
+        // rumqttd calls `write` from its connection task; park this worker
+        // without starving the runtime's other tasks.
+        let result = tokio::task::block_in_place(|| {
+            self.shared
+                .sink
+                .wait_durable(Ticket(ticket), self.shared.durable_timeout)
+        });
+        result.map_err(|err| {
+            self.shared.metrics.acks_withheld.inc();
+            let client_id = self.conn.client_id.lock().map(|c| c.clone()).unwrap_or_default();
+            warn!(client_id, error = %err, "acknowledgement withheld; closing the connection");
+            Error::InvalidProtocol
+        })
+    }
+}
+
+impl Clone for IngestCodec {
+    /// rumqttd clones the codec once per accepted connection: each clone gets
+    /// fresh per-connection state.
+    fn clone(&self) -> Self {
+        self.shared.metrics.connections.inc();
+        self.shared.metrics.connections_total.inc();
+        IngestCodec {
+            shared: self.shared.clone(),
+            conn: Arc::new(Connection {
+                last_ticket: AtomicU64::new(0),
+                live: AtomicBool::new(true),
+                client_id: Mutex::default(),
+                metrics: Some(self.shared.metrics.clone()),
+            }),
+        }
+    }
+}
+
+impl Protocol for IngestCodec {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
+        // V4 keeps QoS private; it sits in bits 1-2 of the fixed header.
+        let qos = stream.first().map_or(0, |header| (header >> 1) & 0b11);
+        let packet = V4.read_mut(stream, max_size)?;
+        match &packet {
+            Packet::Connect(connect, ..) => {
+                if let Ok(mut client_id) = self.conn.client_id.lock() {
+                    client_id.clone_from(&connect.client_id);
+                }
+            }
+            Packet::Publish(publish, _) => self.ingest(publish, qos)?,
+            _ => {}
+        }
+        Ok(packet)
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
+            self.wait_durable()?;
+        }
+        V4.write(packet, write)
+    }
+}
+
+/// Size and well-formedness checks, with a metric reason and a message.
+fn check_payload(payload: &[u8], limits: &Limits) -> Result<(), (&'static str, String)> {
+    if payload.len() > limits.max_bytes {
+        return Err((
+            "too_large",
+            format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                payload.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    match check_well_formed(payload, limits.max_depth) {
+        Ok(()) => Ok(()),
+        Err(err @ CborError::TooDeep { .. }) => Err(("too_deep", err.to_string())),
+        Err(err) => Err(("malformed", err.to_string())),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,62 @@
+//! Counters of the MQTT side, registered in the embedding's Prometheus registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QosLabel {
+    pub qos: u8,
+}
+
+/// Broker counters; cheap to clone (each metric is an `Arc`).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerMetrics {
+    /// Publishes accepted into the spool, by QoS.
+    pub publishes_accepted: Family<QosLabel, Counter>,
+    /// Publishes refused, by reason (`topic`, `too_large`, `malformed`, `too_deep`).
+    pub publishes_rejected: Family<ReasonLabel, Counter>,
+    /// PUBACK/PUBREC withheld because the spool could not confirm the write.
+    pub acks_withheld: Counter,
+    /// MQTT connections currently open.
+    pub connections: Gauge,
+    /// MQTT connections accepted since start.
+    pub connections_total: Counter,
+}
+
+impl BrokerMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "edge_mqtt_publishes_accepted",
+            "Publishes accepted into the spool",
+            self.publishes_accepted.clone(),
+        );
+        registry.register(
+            "edge_mqtt_publishes_rejected",
+            "Publishes refused, by reason",
+            self.publishes_rejected.clone(),
+        );
+        registry.register(
+            "edge_mqtt_acks_withheld",
+            "Acknowledgements withheld because the spool could not confirm the write",
+            self.acks_withheld.clone(),
+        );
+        registry.register(
+            "edge_mqtt_connections",
+            "MQTT connections open",
+            self.connections.clone(),
+        );
+        registry.register(
+            "edge_mqtt_connections_accepted",
+            "MQTT connections accepted",
+            self.connections_total.clone(),
+        );
+    }
+}

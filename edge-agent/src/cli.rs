@@ -1,0 +1,95 @@
+//! Command-line interface: `edge-agent run` and `edge-agent config init|check`.
+//! Flags override `EDGE_AGENT_*` variables, which override the config file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{FileConfig, DEFAULT_TOML};
+
+/// edge-agent: MQTT broker, durable spool and uplink for a sensor gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway daemon until Ctrl-C or SIGTERM.
+    Run(RunArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented default configuration.
+    Init,
+    /// Check a configuration (file, environment and flags) and print the result.
+    Check(RunArgs),
+}
+
+/// Settings that can be given on the command line or in the environment.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "EDGE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Name of this gateway in the cloud.
+    #[arg(long, env = "EDGE_AGENT_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// MQTT listen address for devices, e.g. 127.0.0.1:1884.
+    #[arg(long, env = "EDGE_AGENT_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+    /// Directory of the spool.
+    #[arg(long, env = "EDGE_AGENT_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Base URL of the cloud-sync collector.
+    #[arg(long, env = "EDGE_AGENT_UPLINK_URL")]
+    pub uplink_url: Option<String>,
+    /// Bearer token of this gateway at the collector.
+    #[arg(long, env = "EDGE_AGENT_UPLINK_TOKEN", hide_env_values = true)]
+    pub uplink_token: Option<String>,
+    /// Listen address of /healthz and /metrics.
+    #[arg(long, env = "EDGE_AGENT_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Log format: "human" or "json".
+    #[arg(long, env = "EDGE_AGENT_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+}
+
+impl RunArgs {
+    /// The file's settings with environment and flags laid over them.
+    pub fn load(&self) -> anyhow::Result<FileConfig> {
+        let mut file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                FileConfig::parse(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        overlay(&mut file.gateway.id, &self.gateway_id);
+        overlay(&mut file.mqtt.listen, &self.mqtt_listen);
+        overlay(&mut file.spool.dir, &self.spool_dir);
+        overlay(&mut file.uplink.url, &self.uplink_url);
+        overlay(&mut file.uplink.token, &self.uplink_token);
+        overlay(&mut file.admin.listen, &self.admin_listen);
+        Ok(file)
+    }
+}
+
+fn overlay<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
+    if value.is_some() {
+        target.clone_from(value);
+    }
+}
+
+/// Prints the default configuration.
+pub fn print_default_config() {
+    print!("{DEFAULT_TOML}");
+}

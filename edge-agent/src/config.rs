@@ -1,0 +1,325 @@
+//! Configuration: a TOML file, then `EDGE_AGENT_*` environment variables,
+//! then command-line flags, each overriding the one before. `FileConfig` is
+//! what the file holds (every field optional, defaults in one place);
+//! `validate` turns it into the runtime `Config`, naming the field at fault.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::spool::SpoolOptions;
+
+/// The commented default configuration printed by `edge-agent config init`.
+pub const DEFAULT_TOML: &str = r#"# edge-agent configuration. Every setting is optional; shown are the defaults.
+# Environment variables (EDGE_AGENT_UPLINK_TOKEN, ...) and flags override this file.
+
+[gateway]
+# Name of this gateway in the cloud: [A-Za-z0-9_.-]{1,64}. Default: the host name.
+# id = "gateway-1"
+
+[mqtt]
+# Where devices connect (MQTT 3.1.1). Port 0 picks a free port.
+listen = "127.0.0.1:1884"
+# Largest payload accepted, in bytes; larger publishes are refused.
+max_payload_bytes = 65536
+# Deepest nesting of CBOR arrays, maps and tags accepted in a payload.
+max_depth = 16
+# Time a new connection has to send CONNECT.
+connect_timeout = "5s"
+# Most concurrent device connections.
+max_connections = 10000
+# Longest a PUBACK waits for the spool; past it the connection is dropped.
+durable_timeout = "10s"
+
+[spool]
+# Directory of the sled spool.
+dir = "edge-spool"
+# Longest a group commit waits for more publishes before it flushes.
+flush_interval = "2ms"
+# Most readings written (and flushed) in one group commit.
+max_block_records = 1000
+# Refused publishes kept for inspection.
+max_dead_letters = 10000
+
+[uplink]
+# Base URL of the cloud-sync collector.
+url = "http://127.0.0.1:8480"
+# Bearer token of this gateway (required).
+# token = "..."
+# A batch closes at this many readings, this many bytes, or this long after its first reading.
+max_batch_records = 1000
+max_batch_bytes = 1048576
+linger = "100ms"
+# Give up on a request after this long and retry.
+request_timeout = "30s"
+# Retries wait between these bounds, doubling, with jitter.
+backoff_min = "100ms"
+backoff_max = "30s"
+# Request body compression: "zstd", "gzip" or "none".
+compression = "zstd"
+
+[admin]
+# /healthz and /metrics. Port 0 picks a free port.
+listen = "127.0.0.1:8481"
+"#;
+
+/// The configuration file as written; absent fields take defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    #[serde(default)]
+    pub spool: SpoolSection,
+    #[serde(default)]
+    pub uplink: UplinkSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    pub listen: Option<String>,
+    pub max_payload_bytes: Option<usize>,
+    pub max_depth: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub durable_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    pub dir: Option<PathBuf>,
+    pub flush_interval: Option<String>,
+    pub max_block_records: Option<usize>,
+    pub max_dead_letters: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub max_batch_records: Option<usize>,
+    pub max_batch_bytes: Option<usize>,
+    pub linger: Option<String>,
+    pub request_timeout: Option<String>,
+    pub backoff_min: Option<String>,
+    pub backoff_max: Option<String>,
+    pub compression: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+}
+
+/// Request body compression on the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// Uplink settings, after validation.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Base URL of the collector, without a trailing slash.
+    pub url: String,
+    pub token: String,
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
+    pub linger: Duration,
+    pub request_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub compression: Compression,
+}
+
+/// The agent's runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway_id: String,
+    pub mqtt: broker::BrokerConfig,
+    pub spool_dir: PathBuf,
+    pub spool: SpoolOptions,
+    pub uplink: UplinkConfig,
+    pub admin_listen: SocketAddr,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Checks every field and fills in defaults.
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let gateway_id = self.gateway.id.unwrap_or_else(default_gateway_id);
+        telemetry::validate_device_id(&gateway_id).context("gateway.id")?;
+
+        let mqtt = self.mqtt;
+        let defaults = broker::BrokerConfig::default();
+        let mut limits = telemetry::Limits::default();
+        limits.max_bytes = mqtt.max_payload_bytes.unwrap_or(limits.max_bytes);
+        limits.max_depth = mqtt.max_depth.unwrap_or(limits.max_depth);
+        if limits.max_bytes == 0 || limits.max_bytes > 16 * 1024 * 1024 {
+            bail!("mqtt.max_payload_bytes must be between 1 and 16777216");
+        }
+        if limits.max_depth == 0 || limits.max_depth > 64 {
+            bail!("mqtt.max_depth must be between 1 and 64");
+        }
+        let mqtt = broker::BrokerConfig {
+            listen: addr("mqtt.listen", mqtt.listen, defaults.listen)?,
+            max_connections: mqtt.max_connections.unwrap_or(defaults.max_connections),
+            limits,
+            connect_timeout: duration("mqtt.connect_timeout", mqtt.connect_timeout, defaults.connect_timeout)?,
+            durable_timeout: duration("mqtt.durable_timeout", mqtt.durable_timeout, defaults.durable_timeout)?,
+            ..defaults
+        };
+        if mqtt.connect_timeout > Duration::from_millis(u16::MAX.into()) {
+            bail!("mqtt.connect_timeout must be at most 65s");
+        }
+
+        let spool_defaults = SpoolOptions::default();
+        let spool = SpoolOptions {
+            flush_interval: duration("spool.flush_interval", self.spool.flush_interval, spool_defaults.flush_interval)?,
+            max_block_records: self.spool.max_block_records.unwrap_or(spool_defaults.max_block_records),
+            max_dead_letters: self.spool.max_dead_letters.unwrap_or(spool_defaults.max_dead_letters),
+            ..spool_defaults
+        };
+        if spool.max_block_records == 0 {
+            bail!("spool.max_block_records must be at least 1");
+        }
+
+        let up = self.uplink;
+        let url = up.url.unwrap_or_else(|| "http://127.0.0.1:8480".into());
+        let parsed = reqwest::Url::parse(&url).with_context(|| format!("uplink.url {url:?}"))?;
+        if parsed.scheme() != "http" {
+            bail!("uplink.url must be an http:// URL (https arrives with TLS support)");
+        }
+        let token = up.token.unwrap_or_default();
+        if token.is_empty() {
+            bail!("uplink.token is required (config file, EDGE_AGENT_UPLINK_TOKEN or --uplink-token)");
+        }
+        let compression = match up.compression.as_deref().unwrap_or("zstd") {
+            "zstd" => Compression::Zstd,
+            "gzip" => Compression::Gzip,
+            "none" => Compression::None,
+            other => bail!("uplink.compression must be zstd, gzip or none, not {other:?}"),
+        };
+        let uplink = UplinkConfig {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            max_batch_records: up.max_batch_records.unwrap_or(1000),
+            max_batch_bytes: up.max_batch_bytes.unwrap_or(1024 * 1024),
+            linger: duration("uplink.linger", up.linger, Duration::from_millis(100))?,
+            request_timeout: duration("uplink.request_timeout", up.request_timeout, Duration::from_secs(30))?,
+            backoff_min: duration("uplink.backoff_min", up.backoff_min, Duration::from_millis(100))?,
+            backoff_max: duration("uplink.backoff_max", up.backoff_max, Duration::from_secs(30))?,
+            compression,
+        };
+        if uplink.max_batch_records == 0 || uplink.max_batch_bytes == 0 {
+            bail!("uplink.max_batch_records and uplink.max_batch_bytes must be at least 1");
+        }
+        if uplink.backoff_min.is_zero() || uplink.backoff_min > uplink.backoff_max {
+            bail!("uplink.backoff_min must be above zero and at most uplink.backoff_max");
+        }
+
+        Ok(Config {
+            gateway_id,
+            mqtt,
+            spool_dir: self.spool.dir.unwrap_or_else(|| PathBuf::from("edge-spool")),
+            spool,
+            uplink,
+            admin_listen: addr("admin.listen", self.admin.listen, SocketAddr::from(([127, 0, 0, 1], 8481)))?,
+        })
+    }
+}
+
+fn addr(field: &str, value: Option<String>, default: SocketAddr) -> anyhow::Result<SocketAddr> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{field} {v:?} is not an address like 127.0.0.1:1884")),
+    }
+}
+
+fn duration(field: &str, value: Option<String>, default: Duration) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(&v)
+            .with_context(|| format!("{field} {v:?} is not a duration like \"2ms\" or \"30s\"")),
+    }
+}
+
+/// The host name made into a valid gateway id, or "gateway".
+fn default_gateway_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .take(telemetry::MAX_DEVICE_ID_LEN)
+        .collect();
+    if id.is_empty() {
+        "gateway".into()
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_the_defaults() {
+        let mut file = FileConfig::parse(DEFAULT_TOML).unwrap();
+        file.uplink.token = Some("t".into());
+        let config = file.validate().unwrap();
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(config.spool.flush_interval, Duration::from_millis(2));
+        assert_eq!(config.uplink.linger, Duration::from_millis(100));
+        assert_eq!(config.uplink.compression, Compression::Zstd);
+        assert_eq!(config.admin_listen, "127.0.0.1:8481".parse().unwrap());
+        assert_eq!(config.spool_dir, PathBuf::from("edge-spool"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = FileConfig::parse("[spool]\nflush_interval = \"soon\"\n[uplink]\ntoken = \"t\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("spool.flush_interval"), "{err:#}");
+        let err = FileConfig::default().validate().unwrap_err();
+        assert!(err.to_string().contains("uplink.token"), "{err}");
+        let err = FileConfig::parse("[mqtt]\nlisten = \"nowhere\"\n[uplink]\ntoken = \"t\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("mqtt.listen"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = FileConfig::parse("[mqtt]\nlisen = \"127.0.0.1:1\"").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! `edge-agent` binary: parses arguments, sets up logging, runs the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use edge_agent::cli::{print_default_config, Cli, Command, ConfigCommand};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("edge-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config(ConfigCommand::Init) => {
+            print_default_config();
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let config = args.load()?.validate()?;
+            println!("configuration is valid: gateway {}, mqtt {}, spool {}, uplink {}, admin {}",
+                config.gateway_id, config.mqtt.listen, config.spool_dir.display(), config.uplink.url, config.admin_listen);
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_tracing(&args.log_format)?;
+            let config = args.load()?.validate()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                edge_agent::run(config, shutdown).await
+            })
+        }
+    }
+}
+
+fn init_tracing(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // rumqttd logs routine connection events at ERROR; keep its noise down.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        "human" => builder.init(),
+        "json" => builder.json().init(),
+        other => anyhow::bail!("--log-format must be human or json, not {other:?}"),
+    }
+    Ok(())
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

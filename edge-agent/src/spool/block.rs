@@ -1,0 +1,103 @@
+//! Encoding of one group commit's readings as a single sled value.
+//!
+//! ```text
+//! byte 0      format version (1)
+//! bytes 1..5  record count (u32 BE)
+//! bytes 5..13 last seq in the block (u64 BE)
+//! bytes 13..  CBOR array of telemetry::Envelope, in seq order
+//! ```
+//!
+//! The header lets the spool count and trim blocks without decoding them.
+
+use serde::{Deserialize, Serialize};
+use telemetry::Envelope;
+
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 13;
+
+/// Why a stored block cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block is {0} bytes, shorter than its header")]
+    Short(usize),
+    #[error("block format version {0} is not supported")]
+    Version(u8),
+    #[error("block body does not decode: {0}")]
+    Body(#[from] serde_cbor::Error),
+}
+
+/// Count and last seq of a block, read from its header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHeader {
+    pub count: u32,
+    pub last_seq: u64,
+}
+
+pub fn encode(envelopes: &[Envelope]) -> Vec<u8> {
+    let body = serde_cbor::to_vec(&envelopes).expect("envelopes always serialize");
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(VERSION);
+    out.extend_from_slice(&(envelopes.len() as u32).to_be_bytes());
+    let last = envelopes.last().map_or(0, |e| e.seq);
+    out.extend_from_slice(&last.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+pub fn header(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(BlockError::Short(bytes.len()));
+    }
+    if bytes[0] != VERSION {
+        return Err(BlockError::Version(bytes[0]));
+    }
+    let count = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+    let last_seq = u64::from_be_bytes(bytes[5..13].try_into().expect("8 bytes"));
+    Ok(BlockHeader { count, last_seq })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Vec<Envelope>, BlockError> {
+    header(bytes)?;
+    Ok(serde_cbor::from_slice(&bytes[HEADER_LEN..])?)
+}
+
+/// A publish the gateway refused, kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub envelope: Envelope,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn envelope(seq: u64) -> Envelope {
+        Envelope {
+            seq,
+            device_id: "d".into(),
+            topic: "devices/d/telemetry".into(),
+            received_at: 1,
+            payload: ByteBuf::from(vec![0xa0]),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_header() {
+        let envelopes: Vec<_> = (5..9).map(envelope).collect();
+        let bytes = encode(&envelopes);
+        assert_eq!(header(&bytes).unwrap(), BlockHeader { count: 4, last_seq: 8 });
+        assert_eq!(decode(&bytes).unwrap(), envelopes);
+    }
+
+    #[test]
+    fn rejects_truncated_and_unknown_blocks() {
+        assert!(matches!(header(&[1, 0]), Err(BlockError::Short(2))));
+        let mut bytes = encode(&[envelope(1)]);
+        bytes[0] = 9;
+        assert!(matches!(decode(&bytes), Err(BlockError::Version(9))));
+        let bytes = encode(&[envelope(1)]);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

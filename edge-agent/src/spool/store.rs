@@ -1,0 +1,411 @@
+//! Opening the spool, handing publishes to the writer, reading batches for
+//! the uplink and trimming what the collector acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use broker::{Incoming, IngestSink, SinkError, Ticket};
+use telemetry::Envelope;
+use tokio::sync::watch;
+
+use super::block::{self, BlockError, DeadLetter};
+use super::writer::{self, Durability, Item, WriterConfig};
+use crate::metrics::SpoolMetrics;
+
+pub(super) const SPOOL_ID: &str = "spool_id";
+pub(super) const NEXT_SEQ: &str = "next_seq";
+pub(super) const ACKED_SEQ: &str = "acked_seq";
+
+/// Spool settings, after validation.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Longest a group commit waits for more publishes before flushing (default 2 ms).
+    pub flush_interval: Duration,
+    /// Most readings in one group commit, i.e. one block (default 1000).
+    pub max_block_records: usize,
+    /// Publishes queued for the writer before submitters block (default 20,000).
+    pub queue_capacity: usize,
+    /// Refused publishes kept for inspection; the oldest go first (default 10,000).
+    pub max_dead_letters: u64,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions {
+            flush_interval: Duration::from_millis(2),
+            max_block_records: 1000,
+            queue_capacity: 20_000,
+            max_dead_letters: 10_000,
+        }
+    }
+}
+
+/// Why the spool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// sled could not open, read or write the spool files.
+    #[error("spool i/o at {path}: {source}")]
+    Storage { path: PathBuf, source: sled::Error },
+    /// A stored block or meta value does not decode: the spool is corrupt.
+    #[error("spool at {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Counts for status pages and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolStats {
+    /// Readings stored and not yet acknowledged by the collector.
+    pub pending: u64,
+    /// Highest seq the collector acknowledged.
+    pub acked_seq: u64,
+    /// Highest seq written durably.
+    pub durable_seq: u64,
+}
+
+/// sled handles the writer needs.
+#[derive(Clone)]
+pub(super) struct Trees {
+    pub db: sled::Db,
+    pub queue: sled::Tree,
+    pub meta: sled::Tree,
+    pub dead_letters: sled::Tree,
+}
+
+/// The durable queue; cheap to clone, shared by the broker codec and the uplink.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    trees: Trees,
+    spool_id: String,
+    submit: Mutex<Submitter>,
+    durability: Arc<Durability>,
+    acked_seq: AtomicU64,
+    /// Readings stored with a seq above `acked_seq`.
+    pending: AtomicU64,
+    /// Last durable reading seq, for the uplink to wait on.
+    durable_tx: watch::Sender<u64>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    metrics: SpoolMetrics,
+    max_dead_letters: u64,
+}
+
+struct Submitter {
+    next_seq: u64,
+    /// `None` once the spool is closing.
+    tx: Option<SyncSender<Item>>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, options: SpoolOptions, metrics: SpoolMetrics) -> Result<Spool, SpoolError> {
+        let storage = |source| SpoolError::Storage {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let db = sled::Config::new().path(dir).open().map_err(storage)?;
+        let trees = Trees {
+            queue: db.open_tree("queue").map_err(storage)?,
+            meta: db.open_tree("meta").map_err(storage)?,
+            dead_letters: db.open_tree("dead_letters").map_err(storage)?,
+            db,
+        };
+
+        let spool_id = match trees.meta.get(SPOOL_ID).map_err(storage)? {
+            Some(id) if id.len() == 16 => hex::encode(&id),
+            Some(id) => return Err(corrupt(format!("spool_id has {} bytes, not 16", id.len()))),
+            None => {
+                let id: [u8; 16] = rand::random();
+                trees.meta.insert(SPOOL_ID, &id).map_err(storage)?;
+                trees.db.flush().map_err(storage)?;
+                hex::encode(id)
+            }
+        };
+        let read_u64 = |key: &str| -> Result<u64, SpoolError> {
+            match trees.meta.get(key).map_err(storage)? {
+                None => Ok(0),
+                Some(v) => Ok(u64::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt(format!("meta {key} is not 8 bytes")))?,
+                )),
+            }
+        };
+        let acked_seq = read_u64(ACKED_SEQ)?;
+        let mut next_seq = read_u64(NEXT_SEQ)?.max(acked_seq + 1).max(1);
+        let mut pending = 0u64;
+        for entry in trees.queue.iter() {
+            let (key, value) = entry.map_err(storage)?;
+            let header = block::header(&value).map_err(|e| corrupt(e.to_string()))?;
+            next_seq = next_seq.max(header.last_seq + 1);
+            if header.last_seq <= acked_seq {
+                continue;
+            }
+            let first_seq = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("queue key is not 8 bytes".into()))?,
+            );
+            if first_seq > acked_seq {
+                pending += u64::from(header.count);
+                continue;
+            }
+            // Only the block the acknowledgement stopped inside needs decoding.
+            let unacked = block::decode(&value)
+                .map_err(|e| corrupt(e.to_string()))?
+                .iter()
+                .filter(|e| e.seq > acked_seq)
+                .count();
+            pending += unacked as u64;
+        }
+        metrics.records.set(pending as i64);
+        metrics.dead_letters.set(trees.dead_letters.len() as i64);
+
+        let durability = Arc::new(Durability::new(next_seq - 1));
+        let (durable_tx, _) = watch::channel(next_seq - 1);
+        let (tx, rx) = sync_channel(options.queue_capacity.max(1));
+        let inner = Arc::new(Inner {
+            path: dir.to_path_buf(),
+            trees: trees.clone(),
+            spool_id,
+            submit: Mutex::new(Submitter {
+                next_seq,
+                tx: Some(tx),
+            }),
+            durability: durability.clone(),
+            acked_seq: AtomicU64::new(acked_seq),
+            pending: AtomicU64::new(pending),
+            durable_tx,
+            writer: Mutex::new(None),
+            metrics: metrics.clone(),
+            max_dead_letters: options.max_dead_letters,
+        });
+
+        let config = WriterConfig {
+            flush_interval: options.flush_interval,
+            max_block_records: options.max_block_records.max(1),
+            max_dead_letters: options.max_dead_letters,
+        };
+        let notify = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                writer::run(rx, trees, durability, config, metrics, |last_seq| {
+                    if let Some(inner) = notify.upgrade() {
+                        inner.durable_tx.send_replace(last_seq);
+                    }
+                })
+            })
+            .map_err(|e| storage(sled::Error::Io(e)))?;
+        *inner.writer.lock().expect("writer lock") = Some(handle);
+        Ok(Spool { inner })
+    }
+
+    /// Random id of this spool, made when it was created.
+    pub fn spool_id(&self) -> &str {
+        &self.inner.spool_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            pending: self.inner.pending.load(Ordering::Acquire),
+            acked_seq: self.inner.acked_seq.load(Ordering::Acquire),
+            durable_seq: self.inner.durability.processed(),
+        }
+    }
+
+    /// A receiver that changes whenever new readings became durable.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable_tx.subscribe()
+    }
+
+    /// Up to `max_records` readings (and about `max_bytes`) with seq > `after`, in seq order.
+    pub fn read_after(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Envelope>, SpoolError> {
+        let queue = &self.inner.trees.queue;
+        let storage = |source| SpoolError::Storage {
+            path: self.inner.path.clone(),
+            source,
+        };
+        // The block holding `after + 1` starts at or before it.
+        let start = queue
+            .range(..=(after + 1).to_be_bytes())
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map_or([0; 8], |(key, _)| key.as_ref().try_into().unwrap_or([0; 8]));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in queue.range(start..) {
+            let (_, value) = entry.map_err(storage)?;
+            if block::header(&value).map_err(|e| self.corrupt(e))?.last_seq <= after {
+                continue;
+            }
+            for envelope in block::decode(&value).map_err(|e| self.corrupt(e))? {
+                if envelope.seq <= after {
+                    continue;
+                }
+                bytes += envelope.approx_size();
+                out.push(envelope);
+                if out.len() >= max_records || bytes >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that the collector stored every reading with seq <= `upto`
+    /// (`count` of them were pending), and deletes the blocks that are done.
+    pub fn ack(&self, upto: u64, count: u64) -> Result<(), SpoolError> {
+        let inner = &self.inner;
+        let storage = |source| SpoolError::Storage {
+            path: inner.path.clone(),
+            source,
+        };
+        let previous = inner.acked_seq.fetch_max(upto, Ordering::AcqRel);
+        if previous >= upto {
+            return Ok(());
+        }
+        inner
+            .trees
+            .meta
+            .insert(ACKED_SEQ, &upto.to_be_bytes())
+            .map_err(storage)?;
+        let mut done = Vec::new();
+        for entry in inner.trees.queue.iter() {
+            let (key, value) = entry.map_err(storage)?;
+            if block::header(&value).map_err(|e| self.corrupt(e))?.last_seq > upto {
+                break;
+            }
+            done.push(key);
+        }
+        let mut batch = sled::Batch::default();
+        for key in done {
+            batch.remove(key);
+        }
+        inner.trees.queue.apply_batch(batch).map_err(storage)?;
+        let _ = inner
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(count)));
+        inner.metrics.records.dec_by(count as i64);
+        inner.metrics.acked_seq.set(upto as i64);
+        Ok(())
+    }
+
+    /// Keeps readings the collector refused for good, with the reason.
+    pub fn dead_letter(&self, envelopes: Vec<Envelope>, reason: &str) -> Result<(), SpoolError> {
+        let trees = &self.inner.trees;
+        let storage = |source| SpoolError::Storage {
+            path: self.inner.path.clone(),
+            source,
+        };
+        for envelope in envelopes {
+            let key = envelope.seq.to_be_bytes();
+            let letter = DeadLetter {
+                envelope,
+                reason: reason.to_string(),
+            };
+            let bytes = serde_cbor::to_vec(&letter).expect("dead letters always serialize");
+            trees.dead_letters.insert(key, bytes).map_err(storage)?;
+        }
+        writer::trim_dead_letters(trees, self.inner.max_dead_letters).map_err(storage)?;
+        trees.db.flush().map_err(storage)?;
+        self.inner
+            .metrics
+            .dead_letters
+            .set(trees.dead_letters.len() as i64);
+        Ok(())
+    }
+
+    /// Refused publishes kept for inspection, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
+        let storage = |source| SpoolError::Storage {
+            path: self.inner.path.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for entry in self.inner.trees.dead_letters.iter() {
+            let (_, value) = entry.map_err(storage)?;
+            out.push(serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
+                path: self.inner.path.clone(),
+                reason: format!("dead letter: {e}"),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Stops taking publishes, writes what is queued, flushes and stops the writer.
+    /// Blocks; call from a blocking context.
+    pub fn close(&self) -> Result<(), SpoolError> {
+        drop(self.inner.submit.lock().expect("submit lock").tx.take());
+        if let Some(handle) = self.inner.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+        self.inner
+            .trees
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| SpoolError::Storage {
+                path: self.inner.path.clone(),
+                source,
+            })
+    }
+
+    fn corrupt(&self, err: BlockError) -> SpoolError {
+        SpoolError::Corrupt {
+            path: self.inner.path.clone(),
+            reason: err.to_string(),
+        }
+    }
+}
+
+impl IngestSink for Spool {
+    fn submit(&self, incoming: Incoming) -> Result<Ticket, SinkError> {
+        let mut submitter = self.inner.submit.lock().expect("submit lock");
+        let seq = submitter.next_seq;
+        let tx = submitter.tx.as_ref().ok_or(SinkError::Closed)?;
+        // Seqs are assigned under the lock that also orders the queue, so the
+        // writer sees them in increasing order.
+        match tx.try_send(Item { seq, incoming }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => {
+                // Back-pressure: hold this connection (and, through the lock,
+                // the others) until the writer catches up.
+                let tx = tx.clone();
+                tokio::task::block_in_place(|| tx.send(item)).map_err(|_| SinkError::Closed)?;
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(SinkError::Closed),
+        }
+        submitter.next_seq += 1;
+        Ok(Ticket(seq))
+    }
+
+    fn is_durable(&self, ticket: Ticket) -> bool {
+        self.inner.durability.is_durable(ticket.0)
+    }
+
+    fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> Result<(), SinkError> {
+        self.inner.durability.wait(ticket.0, timeout)
+    }
+}
