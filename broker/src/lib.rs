@@ -13,7 +13,7 @@ mod sink;
 mod topic;
 
 pub use codec::IngestCodec;
-pub use metrics::BrokerMetrics;
+pub use metrics::{BrokerMetrics, QosLabel, ReasonLabel};
 pub use server::{Broker, BrokerConfig, BrokerError};
 pub use sink::{Disposition, Incoming, IngestSink, SinkError, Ticket};
 pub use topic::device_id_from_topic;

@@ -201,8 +201,9 @@ impl Spool {
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                writer::run(rx, trees, durability, config, metrics, |last_seq| {
+                writer::run(rx, trees, durability, config, metrics, |last_seq, readings| {
                     if let Some(inner) = notify.upgrade() {
+                        inner.pending.fetch_add(readings as u64, Ordering::AcqRel);
                         inner.durable_tx.send_replace(last_seq);
                     }
                 })
@@ -234,13 +235,15 @@ impl Spool {
         self.inner.durable_tx.subscribe()
     }
 
-    /// Up to `max_records` readings (and about `max_bytes`) with seq > `after`, in seq order.
+    /// Up to `max_records` pending readings (and about `max_bytes`) with seq
+    /// > `after`, in seq order. Acknowledged readings are never returned.
     pub fn read_after(
         &self,
         after: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Envelope>, SpoolError> {
+        let after = after.max(self.inner.acked_seq.load(Ordering::Acquire));
         let queue = &self.inner.trees.queue;
         let storage = |source| SpoolError::Storage {
             path: self.inner.path.clone(),

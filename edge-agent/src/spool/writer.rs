@@ -130,7 +130,7 @@ pub(super) fn run(
     durability: Arc<Durability>,
     config: WriterConfig,
     metrics: SpoolMetrics,
-    on_durable: impl Fn(u64),
+    on_durable: impl Fn(u64, usize),
 ) {
     let mut group = Vec::with_capacity(config.max_block_records);
     while let Ok(first) = rx.recv() {
@@ -139,22 +139,19 @@ pub(super) fn run(
         let first_seq = group[0].seq;
         let last_seq = group[group.len() - 1].seq;
         let started = Instant::now();
-        let readings = match write_group(&trees, &mut group, &config, &metrics) {
+        match write_group(&trees, &mut group, &config, &metrics) {
             Ok(readings) => {
                 metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
                 metrics.group_commit_records.observe(readings as f64);
+                // Counts first, so that whoever wakes up sees them.
+                on_durable(last_seq, readings);
                 durability.complete(last_seq, None);
-                readings
             }
             Err(err) => {
                 metrics.write_errors.inc();
                 error!(error = %err, first_seq, last_seq, "spool write failed; acknowledgements withheld");
                 durability.complete(last_seq, Some((first_seq, err.to_string())));
-                0
             }
-        };
-        if readings > 0 {
-            on_durable(last_seq);
         }
         group.clear();
     }
