@@ -101,8 +101,17 @@ impl IngestCodec {
         let received_at = now_ms();
         let topic = std::str::from_utf8(&publish.topic).map_err(|_| Error::TopicNotUtf8)?;
         let Some(device_id) = device_id_from_topic(topic) else {
-            let client_id = self.conn.client_id.lock().map(|c| c.clone()).unwrap_or_default();
-            self.reject(&client_id, "topic", "topic is not devices/{device_id}/telemetry");
+            let client_id = self
+                .conn
+                .client_id
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
+            self.reject(
+                &client_id,
+                "topic",
+                "topic is not devices/{device_id}/telemetry",
+            );
             // Best effort: keep it for inspection, but the connection closes
             // either way, so nothing waits on this ticket.
             let _ = shared.sink.submit(Incoming {
@@ -171,7 +180,10 @@ impl IngestCodec {
                 log.retain(|_, last| now.duration_since(*last) < REJECT_LOG_INTERVAL);
             }
             log.insert(device_id.to_string(), now);
-            warn!(device_id, reason, message, "publish rejected (logged once a minute per device)");
+            warn!(
+                device_id,
+                reason, message, "publish rejected (logged once a minute per device)"
+            );
         }
     }
 
@@ -190,7 +202,12 @@ impl IngestCodec {
         });
         result.map_err(|err| {
             self.shared.metrics.acks_withheld.inc();
-            let client_id = self.conn.client_id.lock().map(|c| c.clone()).unwrap_or_default();
+            let client_id = self
+                .conn
+                .client_id
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
             warn!(client_id, error = %err, "acknowledgement withheld; closing the connection");
             Error::InvalidProtocol
         })

@@ -93,26 +93,37 @@ impl Broker {
             .build()
             .map_err(BrokerError::Runtime)?;
         let router_tx = Router::new(0, router_config(&config)).spawn();
-        let codec = IngestCodec::new(
-            sink,
-            config.limits,
-            config.durable_timeout,
-            metrics.clone(),
-        );
+        let codec = IngestCodec::new(sink, config.limits, config.durable_timeout, metrics.clone());
 
-        let attempts = if config.listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
+        let attempts = if config.listen.port() == 0 {
+            PORT_ATTEMPTS
+        } else {
+            1
+        };
         let mut last_error = None;
         for _ in 0..attempts {
             let addr = match pick_addr(config.listen) {
                 Ok(addr) => addr,
                 Err(source) => {
-                    last_error = Some(BrokerError::Bind { addr: config.listen, source });
+                    last_error = Some(BrokerError::Bind {
+                        addr: config.listen,
+                        source,
+                    });
                     continue;
                 }
             };
-            let mut server = Server::new(server_settings(&config, addr), router_tx.clone(), codec.clone_template());
+            let mut server = Server::new(
+                server_settings(&config, addr),
+                router_tx.clone(),
+                codec.clone_template(),
+            );
             let mut serve: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
-                Box::pin(async move { server.start(LinkType::Remote).await.map_err(|e| e.to_string()) });
+                Box::pin(async move {
+                    server
+                        .start(LinkType::Remote)
+                        .await
+                        .map_err(|e| e.to_string())
+                });
             // Poll once inside the runtime: the bind happens before the first pending await.
             // `enter` (not `block_on`) so that this works from inside another runtime.
             let first = {
@@ -127,7 +138,11 @@ impl Broker {
                         }
                     });
                     info!(%addr, "mqtt listening");
-                    return Ok(Broker { local_addr: addr, runtime: Some(runtime), metrics });
+                    return Ok(Broker {
+                        local_addr: addr,
+                        runtime: Some(runtime),
+                        metrics,
+                    });
                 }
                 Poll::Ready(result) => {
                     let source = match result {

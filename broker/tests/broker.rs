@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use broker::{Broker, BrokerConfig, BrokerError, Disposition, Incoming, IngestSink, SinkError, Ticket};
+use broker::{
+    Broker, BrokerConfig, BrokerError, Disposition, Incoming, IngestSink, SinkError, Ticket,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
 /// Keeps submissions in memory; publishes become durable only when the test says so.
@@ -110,7 +112,10 @@ fn a_taken_port_fails_start_with_a_clear_error() {
         .expect("start must fail");
     assert!(matches!(err, BrokerError::Bind { .. }));
     let message = err.to_string();
-    assert!(message.contains(&taken.local_addr().unwrap().to_string()), "{message}");
+    assert!(
+        message.contains(&taken.local_addr().unwrap().to_string()),
+        "{message}"
+    );
     assert!(message.contains("cannot listen"), "{message}");
 }
 
@@ -132,7 +137,10 @@ async fn puback_waits_until_the_sink_is_durable() {
         .unwrap();
 
     let early = tokio::time::timeout(Duration::from_millis(500), next_puback(&mut events)).await;
-    assert!(early.is_err(), "PUBACK arrived before the write was durable");
+    assert!(
+        early.is_err(),
+        "PUBACK arrived before the write was durable"
+    );
     assert_eq!(sink.items().len(), 1);
     let item = &sink.items()[0];
     assert_eq!(item.device_id, "dev-1");
@@ -143,8 +151,15 @@ async fn puback_waits_until_the_sink_is_durable() {
 
     sink.make_durable();
     let ack = tokio::time::timeout(Duration::from_secs(5), next_puback(&mut events)).await;
-    assert!(matches!(ack, Ok(Some(_))), "PUBACK after durability: {ack:?}");
-    let accepted = broker.metrics().publishes_accepted.get_or_create(&broker::QosLabel { qos: 1 }).get();
+    assert!(
+        matches!(ack, Ok(Some(_))),
+        "PUBACK after durability: {ack:?}"
+    );
+    let accepted = broker
+        .metrics()
+        .publishes_accepted
+        .get_or_create(&broker::QosLabel { qos: 1 })
+        .get();
     assert_eq!(accepted, 1);
 }
 
@@ -196,7 +211,12 @@ async fn malformed_payload_is_dead_lettered_and_acknowledged() {
     let (client, mut events) = client(&broker, "dev-4");
     // 0x1c: reserved additional information, not well-formed CBOR.
     client
-        .publish("devices/dev-4/telemetry", QoS::AtLeastOnce, false, vec![0x1c])
+        .publish(
+            "devices/dev-4/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            vec![0x1c],
+        )
         .await
         .unwrap();
     let waiter = {
@@ -223,7 +243,9 @@ async fn malformed_payload_is_dead_lettered_and_acknowledged() {
     let rejected = broker
         .metrics()
         .publishes_rejected
-        .get_or_create(&broker::ReasonLabel { reason: "malformed" })
+        .get_or_create(&broker::ReasonLabel {
+            reason: "malformed",
+        })
         .get();
     assert_eq!(rejected, 1);
 }
@@ -242,6 +264,12 @@ async fn a_publish_outside_the_device_topics_closes_the_connection() {
     assert_eq!(ack, Ok(None));
     let items = sink.items();
     assert_eq!(items.len(), 1);
-    assert!(matches!(&items[0].disposition, Disposition::Rejected { .. }));
-    assert_eq!(items[0].device_id, "dev-5", "a refused topic is filed under the client id");
+    assert!(matches!(
+        &items[0].disposition,
+        Disposition::Rejected { .. }
+    ));
+    assert_eq!(
+        items[0].device_id, "dev-5",
+        "a refused topic is filed under the client id"
+    );
 }

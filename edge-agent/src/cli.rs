@@ -69,7 +69,8 @@ impl RunArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
-                FileConfig::parse(&text).with_context(|| format!("config file {}", path.display()))?
+                FileConfig::parse(&text)
+                    .with_context(|| format!("config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };

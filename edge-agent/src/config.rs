@@ -187,8 +187,16 @@ impl FileConfig {
             listen: addr("mqtt.listen", mqtt.listen, defaults.listen)?,
             max_connections: mqtt.max_connections.unwrap_or(defaults.max_connections),
             limits,
-            connect_timeout: duration("mqtt.connect_timeout", mqtt.connect_timeout, defaults.connect_timeout)?,
-            durable_timeout: duration("mqtt.durable_timeout", mqtt.durable_timeout, defaults.durable_timeout)?,
+            connect_timeout: duration(
+                "mqtt.connect_timeout",
+                mqtt.connect_timeout,
+                defaults.connect_timeout,
+            )?,
+            durable_timeout: duration(
+                "mqtt.durable_timeout",
+                mqtt.durable_timeout,
+                defaults.durable_timeout,
+            )?,
             ..defaults
         };
         if mqtt.connect_timeout > Duration::from_millis(u16::MAX.into()) {
@@ -197,9 +205,19 @@ impl FileConfig {
 
         let spool_defaults = SpoolOptions::default();
         let spool = SpoolOptions {
-            flush_interval: duration("spool.flush_interval", self.spool.flush_interval, spool_defaults.flush_interval)?,
-            max_block_records: self.spool.max_block_records.unwrap_or(spool_defaults.max_block_records),
-            max_dead_letters: self.spool.max_dead_letters.unwrap_or(spool_defaults.max_dead_letters),
+            flush_interval: duration(
+                "spool.flush_interval",
+                self.spool.flush_interval,
+                spool_defaults.flush_interval,
+            )?,
+            max_block_records: self
+                .spool
+                .max_block_records
+                .unwrap_or(spool_defaults.max_block_records),
+            max_dead_letters: self
+                .spool
+                .max_dead_letters
+                .unwrap_or(spool_defaults.max_dead_letters),
             ..spool_defaults
         };
         if spool.max_block_records == 0 {
@@ -214,7 +232,9 @@ impl FileConfig {
         }
         let token = up.token.unwrap_or_default();
         if token.is_empty() {
-            bail!("uplink.token is required (config file, EDGE_AGENT_UPLINK_TOKEN or --uplink-token)");
+            bail!(
+                "uplink.token is required (config file, EDGE_AGENT_UPLINK_TOKEN or --uplink-token)"
+            );
         }
         let compression = match up.compression.as_deref().unwrap_or("zstd") {
             "zstd" => Compression::Zstd,
@@ -228,9 +248,21 @@ impl FileConfig {
             max_batch_records: up.max_batch_records.unwrap_or(1000),
             max_batch_bytes: up.max_batch_bytes.unwrap_or(1024 * 1024),
             linger: duration("uplink.linger", up.linger, Duration::from_millis(100))?,
-            request_timeout: duration("uplink.request_timeout", up.request_timeout, Duration::from_secs(30))?,
-            backoff_min: duration("uplink.backoff_min", up.backoff_min, Duration::from_millis(100))?,
-            backoff_max: duration("uplink.backoff_max", up.backoff_max, Duration::from_secs(30))?,
+            request_timeout: duration(
+                "uplink.request_timeout",
+                up.request_timeout,
+                Duration::from_secs(30),
+            )?,
+            backoff_min: duration(
+                "uplink.backoff_min",
+                up.backoff_min,
+                Duration::from_millis(100),
+            )?,
+            backoff_max: duration(
+                "uplink.backoff_max",
+                up.backoff_max,
+                Duration::from_secs(30),
+            )?,
             compression,
         };
         if uplink.max_batch_records == 0 || uplink.max_batch_bytes == 0 {
@@ -243,10 +275,17 @@ impl FileConfig {
         Ok(Config {
             gateway_id,
             mqtt,
-            spool_dir: self.spool.dir.unwrap_or_else(|| PathBuf::from("edge-spool")),
+            spool_dir: self
+                .spool
+                .dir
+                .unwrap_or_else(|| PathBuf::from("edge-spool")),
             spool,
             uplink,
-            admin_listen: addr("admin.listen", self.admin.listen, SocketAddr::from(([127, 0, 0, 1], 8481)))?,
+            admin_listen: addr(
+                "admin.listen",
+                self.admin.listen,
+                SocketAddr::from(([127, 0, 0, 1], 8481)),
+            )?,
         })
     }
 }
@@ -274,7 +313,13 @@ fn default_gateway_id() -> String {
     let id: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(telemetry::MAX_DEVICE_ID_LEN)
         .collect();
     if id.is_empty() {
@@ -307,7 +352,10 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(format!("{err:#}").contains("spool.flush_interval"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("spool.flush_interval"),
+            "{err:#}"
+        );
         let err = FileConfig::default().validate().unwrap_err();
         assert!(err.to_string().contains("uplink.token"), "{err}");
         let err = FileConfig::parse("[mqtt]\nlisten = \"nowhere\"\n[uplink]\ntoken = \"t\"")

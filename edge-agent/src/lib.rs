@@ -61,7 +61,9 @@ impl Agent {
 
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
-            .with_context(|| format!("cannot listen for the admin API on {}", config.admin_listen))?;
+            .with_context(|| {
+                format!("cannot listen for the admin API on {}", config.admin_listen)
+            })?;
         let admin_addr = admin.local_addr()?;
 
         let stop = CancellationToken::new();
@@ -85,7 +87,8 @@ impl Agent {
         });
         let admin_stop = stop.child_token();
         tasks.spawn(async move {
-            let serve = axum::serve(admin, app).with_graceful_shutdown(admin_stop.cancelled_owned());
+            let serve =
+                axum::serve(admin, app).with_graceful_shutdown(admin_stop.cancelled_owned());
             if let Err(err) = serve.await {
                 warn!(error = %err, "admin server stopped");
             }

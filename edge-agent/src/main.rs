@@ -25,8 +25,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(ConfigCommand::Check(args)) => {
             let config = args.load()?.validate()?;
-            println!("configuration is valid: gateway {}, mqtt {}, spool {}, uplink {}, admin {}",
-                config.gateway_id, config.mqtt.listen, config.spool_dir.display(), config.uplink.url, config.admin_listen);
+            println!(
+                "configuration is valid: gateway {}, mqtt {}, spool {}, uplink {}, admin {}",
+                config.gateway_id,
+                config.mqtt.listen,
+                config.spool_dir.display(),
+                config.uplink.url,
+                config.admin_listen
+            );
             Ok(())
         }
         Command::Run(args) => {
@@ -60,14 +66,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

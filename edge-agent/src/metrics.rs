@@ -82,17 +82,65 @@ pub fn registry(
 ) -> Registry {
     let mut registry = Registry::default();
     broker.register(&mut registry);
-    registry.register("edge_spool_records", "Readings stored and not yet acknowledged", spool.records.clone());
-    registry.register("edge_spool_acked_seq", "Highest seq the collector acknowledged", spool.acked_seq.clone());
-    registry.register("edge_spool_dead_letters", "Refused publishes held for inspection", spool.dead_letters.clone());
-    registry.register("edge_spool_written_bytes", "Bytes of blocks written", spool.bytes_written.clone());
-    registry.register("edge_spool_write_errors", "Group commits that failed", spool.write_errors.clone());
-    registry.register("edge_spool_flush_seconds", "Time to write and flush one group commit", spool.flush_seconds.clone());
-    registry.register("edge_spool_group_commit_records", "Readings per group commit", spool.group_commit_records.clone());
-    registry.register("edge_uplink_batches", "Batch requests by outcome", uplink.batches.clone());
-    registry.register("edge_uplink_records", "Readings acknowledged by the collector", uplink.records.clone());
-    registry.register("edge_uplink_sent_bytes", "Request body bytes sent", uplink.bytes.clone());
-    registry.register("edge_uplink_retries", "Batch requests retried", uplink.retries.clone());
-    registry.register("edge_uplink_request_seconds", "Time from sending a batch to its answer", uplink.request_seconds.clone());
+    registry.register(
+        "edge_spool_records",
+        "Readings stored and not yet acknowledged",
+        spool.records.clone(),
+    );
+    registry.register(
+        "edge_spool_acked_seq",
+        "Highest seq the collector acknowledged",
+        spool.acked_seq.clone(),
+    );
+    registry.register(
+        "edge_spool_dead_letters",
+        "Refused publishes held for inspection",
+        spool.dead_letters.clone(),
+    );
+    registry.register(
+        "edge_spool_written_bytes",
+        "Bytes of blocks written",
+        spool.bytes_written.clone(),
+    );
+    registry.register(
+        "edge_spool_write_errors",
+        "Group commits that failed",
+        spool.write_errors.clone(),
+    );
+    registry.register(
+        "edge_spool_flush_seconds",
+        "Time to write and flush one group commit",
+        spool.flush_seconds.clone(),
+    );
+    registry.register(
+        "edge_spool_group_commit_records",
+        "Readings per group commit",
+        spool.group_commit_records.clone(),
+    );
+    registry.register(
+        "edge_uplink_batches",
+        "Batch requests by outcome",
+        uplink.batches.clone(),
+    );
+    registry.register(
+        "edge_uplink_records",
+        "Readings acknowledged by the collector",
+        uplink.records.clone(),
+    );
+    registry.register(
+        "edge_uplink_sent_bytes",
+        "Request body bytes sent",
+        uplink.bytes.clone(),
+    );
+    registry.register(
+        "edge_uplink_retries",
+        "Batch requests retried",
+        uplink.retries.clone(),
+    );
+    registry.register(
+        "edge_uplink_request_seconds",
+        "Time from sending a batch to its answer",
+        uplink.request_seconds.clone(),
+    );
     registry
 }

@@ -55,7 +55,11 @@ enum Outcome {
     /// The batch is too large for the collector (413).
     TooLarge,
     /// Try again after this long.
-    Retry { after: Option<Duration>, reason: String, alarm: bool },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+        alarm: bool,
+    },
 }
 
 impl Uplink {
@@ -76,7 +80,10 @@ impl Uplink {
         // Lowered after a 413, so that batches fit the collector's limit.
         let mut batch_limit = self.config.max_batch_records;
         loop {
-            let Some(batch) = self.next_batch(sent, batch_limit, &mut durable, &shutdown).await else {
+            let Some(batch) = self
+                .next_batch(sent, batch_limit, &mut durable, &shutdown)
+                .await
+            else {
                 return;
             };
             let mut attempt = 0u32;
@@ -95,7 +102,11 @@ impl Uplink {
                         break;
                     }
                     Outcome::Refused(reason) => {
-                        error!(reason, records = batch.len(), "collector refused a batch; moved to dead letters");
+                        error!(
+                            reason,
+                            records = batch.len(),
+                            "collector refused a batch; moved to dead letters"
+                        );
                         sent = batch.last().map_or(sent, |e| e.seq);
                         if !self.dead_letter(batch, reason, sent).await {
                             return;
@@ -104,19 +115,27 @@ impl Uplink {
                     }
                     Outcome::TooLarge if batch.len() > 1 => {
                         batch_limit = (batch.len() / 2).max(1);
-                        warn!(batch_limit, "collector says the batch is too large; splitting");
+                        warn!(
+                            batch_limit,
+                            "collector says the batch is too large; splitting"
+                        );
                         break;
                     }
                     Outcome::TooLarge => {
                         sent = batch.last().map_or(sent, |e| e.seq);
-                        let reason = "collector refuses even a single reading as too large".to_string();
+                        let reason =
+                            "collector refuses even a single reading as too large".to_string();
                         error!(reason, "moved to dead letters");
                         if !self.dead_letter(batch, reason, sent).await {
                             return;
                         }
                         break;
                     }
-                    Outcome::Retry { after, reason, alarm } => {
+                    Outcome::Retry {
+                        after,
+                        reason,
+                        alarm,
+                    } => {
                         self.metrics.retries.inc();
                         let delay = after.unwrap_or_else(|| {
                             if alarm {
@@ -126,7 +145,10 @@ impl Uplink {
                             }
                         });
                         if alarm {
-                            error!(reason, "collector refuses this gateway's credentials; retrying slowly");
+                            error!(
+                                reason,
+                                "collector refuses this gateway's credentials; retrying slowly"
+                            );
                         } else {
                             warn!(reason, retry_in = ?delay, attempt, "batch not stored; retrying");
                         }
@@ -190,7 +212,11 @@ impl Uplink {
     }
 
     async fn send(&self, client: &reqwest::Client, batch: &[Envelope]) -> Outcome {
-        let backlog = self.spool.stats().pending.saturating_sub(batch.len() as u64);
+        let backlog = self
+            .spool
+            .stats()
+            .pending
+            .saturating_sub(batch.len() as u64);
         let body = encode_batch(&SyncBatch {
             gateway_id: self.gateway_id.clone(),
             spool_id: self.spool.spool_id().to_string(),
@@ -199,7 +225,13 @@ impl Uplink {
         });
         let (body, encoding) = match compress(body, self.config.compression) {
             Ok(compressed) => compressed,
-            Err(err) => return Outcome::Retry { after: None, reason: format!("compression failed: {err}"), alarm: false },
+            Err(err) => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("compression failed: {err}"),
+                    alarm: false,
+                }
+            }
         };
         self.metrics.bytes.inc_by(body.len() as u64);
         let mut request = client
@@ -212,12 +244,18 @@ impl Uplink {
         }
         let started = Instant::now();
         let response = request.send().await;
-        self.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
         let response = match response {
             Ok(response) => response,
             Err(err) => {
                 self.count("error");
-                return Outcome::Retry { after: None, reason: format!("request failed: {err}"), alarm: false };
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("request failed: {err}"),
+                    alarm: false,
+                };
             }
         };
         let status = response.status();
@@ -232,8 +270,14 @@ impl Uplink {
         match status {
             s if s.is_success() => {
                 match serde_json::from_str::<BatchResponse>(&text) {
-                    Ok(answer) => debug!(accepted = answer.accepted, duplicates = answer.duplicates, "batch stored"),
-                    Err(err) => warn!(error = %err, "collector answered 2xx with an unexpected body"),
+                    Ok(answer) => debug!(
+                        accepted = answer.accepted,
+                        duplicates = answer.duplicates,
+                        "batch stored"
+                    ),
+                    Err(err) => {
+                        warn!(error = %err, "collector answered 2xx with an unexpected body")
+                    }
                 }
                 Outcome::Stored
             }
@@ -249,21 +293,29 @@ impl Uplink {
                 reason: format!("{status}"),
                 alarm: false,
             },
-            _ => Outcome::Retry { after: None, reason: format!("{status}: {}", truncate(&text)), alarm: false },
+            _ => Outcome::Retry {
+                after: None,
+                reason: format!("{status}: {}", truncate(&text)),
+                alarm: false,
+            },
         }
     }
 
     fn count(&self, status: &str) {
         self.metrics
             .batches
-            .get_or_create(&StatusLabel { status: status.to_string() })
+            .get_or_create(&StatusLabel {
+                status: status.to_string(),
+            })
             .inc();
     }
 
     /// Trims the spool after a 2xx. False if the spool failed (uplink stops).
     async fn acknowledge(&self, upto: u64, count: u64) -> bool {
         self.metrics.records.inc_by(count);
-        self.state.last_success_ms.store(now_ms(), Ordering::Relaxed);
+        self.state
+            .last_success_ms
+            .store(now_ms(), Ordering::Relaxed);
         *self.state.last_error.lock().expect("state lock") = None;
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.ack(upto, count)).await {
@@ -309,13 +361,17 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-fn compress(body: Vec<u8>, compression: Compression) -> std::io::Result<(Vec<u8>, Option<&'static str>)> {
+fn compress(
+    body: Vec<u8>,
+    compression: Compression,
+) -> std::io::Result<(Vec<u8>, Option<&'static str>)> {
     match compression {
         Compression::None => Ok((body, None)),
         Compression::Zstd => Ok((zstd::encode_all(body.as_slice(), 3)?, Some("zstd"))),
         Compression::Gzip => {
             use std::io::Write;
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             encoder.write_all(&body)?;
             Ok((encoder.finish()?, Some("gzip")))
         }

@@ -57,7 +57,10 @@ async fn every_acknowledged_reading_survives_kill_9() {
 
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= KILL_AFTER);
-    assert!(acked.len() < DEVICES * READINGS, "the kill came before the end");
+    assert!(
+        acked.len() < DEVICES * READINGS,
+        "the kill came before the end"
+    );
     let spool = Spool::open(dir.path(), SpoolOptions::default(), SpoolMetrics::default()).unwrap();
     let stored: HashSet<(String, Vec<u8>)> = spool
         .read_after(0, usize::MAX, usize::MAX)
@@ -66,6 +69,11 @@ async fn every_acknowledged_reading_survives_kill_9() {
         .map(|e| (e.device_id, e.payload.into_vec()))
         .collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(lost.is_empty(), "{} acknowledged readings lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged readings lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     assert_eq!(spool.stats().pending, stored.len() as u64);
 }

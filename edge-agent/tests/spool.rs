@@ -48,7 +48,10 @@ fn readings_come_back_in_seq_order_after_they_are_durable() {
     let all = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
     assert_eq!(all.len(), 250);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(all.iter().map(|e| e.payload[0]).collect::<Vec<_>>(), (0..250u8).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+        (0..250u8).collect::<Vec<_>>()
+    );
     assert_eq!(all[0].seq, tickets[0].0);
 
     let page = spool.read_after(all[99].seq, 50, usize::MAX).unwrap();
@@ -72,14 +75,19 @@ fn acknowledged_readings_are_trimmed_and_stay_gone_after_reopen() {
         seqs = tickets.iter().map(|t| t.0).collect();
         spool.ack(seqs[39], 40).unwrap();
         assert_eq!(spool.stats().pending, 60);
-        assert_eq!(spool.read_after(0, usize::MAX, usize::MAX).unwrap()[0].seq, seqs[40]);
+        assert_eq!(
+            spool.read_after(0, usize::MAX, usize::MAX).unwrap()[0].seq,
+            seqs[40]
+        );
         spool.close().unwrap();
     }
     let spool = open(dir.path());
     assert_eq!(spool.spool_id(), spool_id, "the spool keeps its id");
     assert_eq!(spool.stats().acked_seq, seqs[39]);
     assert_eq!(spool.stats().pending, 60);
-    let rest = spool.read_after(spool.stats().acked_seq, usize::MAX, usize::MAX).unwrap();
+    let rest = spool
+        .read_after(spool.stats().acked_seq, usize::MAX, usize::MAX)
+        .unwrap();
     assert_eq!(rest.len(), 60);
     let next = submit(&spool, "d", b"after");
     assert!(next.0 > *seqs.last().unwrap(), "seqs are never reused");
@@ -101,9 +109,18 @@ fn refused_publishes_go_to_bounded_dead_letters_not_the_queue() {
             .unwrap();
     }
     wait(&spool, last);
-    assert!(spool.read_after(0, usize::MAX, usize::MAX).unwrap().is_empty());
+    assert!(spool
+        .read_after(0, usize::MAX, usize::MAX)
+        .unwrap()
+        .is_empty());
     let letters = spool.dead_letters().unwrap();
-    assert_eq!(letters.iter().map(|l| l.reason.as_str()).collect::<Vec<_>>(), ["bad 2", "bad 3", "bad 4"]);
+    assert_eq!(
+        letters
+            .iter()
+            .map(|l| l.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["bad 2", "bad 3", "bad 4"]
+    );
 }
 
 #[test]
@@ -114,7 +131,9 @@ fn many_submitters_share_group_commits() {
         for t in 0..8u8 {
             let spool = &spool;
             scope.spawn(move || {
-                let tickets: Vec<_> = (0..200u8).map(|i| submit(spool, &format!("d{t}"), &[t, i])).collect();
+                let tickets: Vec<_> = (0..200u8)
+                    .map(|i| submit(spool, &format!("d{t}"), &[t, i]))
+                    .collect();
                 wait(spool, *tickets.last().unwrap());
             });
         }
@@ -126,7 +145,10 @@ fn many_submitters_share_group_commits() {
     drop(spool);
     let db = sled::open(dir.path()).unwrap();
     let blocks = db.open_tree("queue").unwrap().len();
-    assert!(blocks < 1600, "{blocks} blocks for 1600 readings: no group commit");
+    assert!(
+        blocks < 1600,
+        "{blocks} blocks for 1600 readings: no group commit"
+    );
 }
 
 #[derive(Debug, Clone)]

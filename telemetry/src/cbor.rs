@@ -7,9 +7,11 @@
 //!
 //! ```text
 //! payload := exactly one data item, nothing after it
-//! depth   := open arrays + maps + tags around an item; at most `max_depth`
+//! depth   := arrays + maps + tags nested in one another, empty ones included;
+//!            at most `max_depth` (byte and text strings are not levels)
 //! indefinite byte/text strings hold only definite chunks of their own type
 //! a map holds an even number of items; BREAK closes only an indefinite container
+//! simple values below 32 have no two-byte form (0xf8 0x00..0x1f is malformed)
 //! ```
 
 use minicbor::data::Token;
@@ -22,7 +24,8 @@ pub enum CborError {
     #[error("cbor ends inside a data item")]
     Truncated,
     /// A header, length or string is invalid (reserved additional information,
-    /// bad UTF-8, a stray break, a bad chunk in an indefinite string).
+    /// a two-byte simple value below 32, bad UTF-8, a stray break, a bad chunk
+    /// in an indefinite string).
     #[error("malformed cbor at byte {offset}: {reason}")]
     Malformed { offset: usize, reason: String },
     /// Bytes follow the first complete data item.
@@ -89,7 +92,23 @@ pub fn check_well_formed(bytes: &[u8], max_depth: usize) -> Result<(), CborError
             _ => {}
         }
 
+        // Every array, map and tag is one level, empty or not. A string frame is
+        // only ever on top of the stack (anything but a chunk or a break inside
+        // it is refused above), so here the stack holds only containers and
+        // tags and its length is the depth: O(1), linear work for any limit.
+        let nests = matches!(
+            token,
+            Token::Array(_) | Token::Map(_) | Token::BeginArray | Token::BeginMap | Token::Tag(_)
+        );
+        if nests && stack.len() >= max_depth {
+            return Err(CborError::TooDeep { limit: max_depth });
+        }
+
         let opened = match token {
+            // minicbor reads any byte after 0xf8; RFC 8949 §3.3 reserves those below 32.
+            Token::Simple(n) if n < 32 && bytes.get(offset) == Some(&0xf8) => {
+                return Err(malformed("two-byte encoding of a simple value below 32"))
+            }
             Token::Array(0) | Token::Map(0) => None,
             Token::Array(n) => Some(Frame::Definite(n)),
             Token::Map(n) => Some(Frame::Definite(n.saturating_mul(2))),
@@ -113,17 +132,7 @@ pub fn check_well_formed(bytes: &[u8], max_depth: usize) -> Result<(), CborError
             _ => None,
         };
         match opened {
-            Some(frame) => {
-                let counts_as_depth = !matches!(frame, Frame::Bytes | Frame::Text);
-                let depth = stack
-                    .iter()
-                    .filter(|f| !matches!(f, Frame::Bytes | Frame::Text))
-                    .count();
-                if counts_as_depth && depth + 1 > max_depth {
-                    return Err(CborError::TooDeep { limit: max_depth });
-                }
-                stack.push(frame);
-            }
+            Some(frame) => stack.push(frame),
             None => {
                 if item_done(&mut stack) {
                     break;
@@ -161,5 +170,69 @@ fn item_done(stack: &mut Vec<Frame>) -> bool {
             // Chunks are handled before any item completes.
             Some(Frame::Bytes | Frame::Text) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(hex: &str, depth: usize) -> Result<(), CborError> {
+        check_well_formed(&hex::decode(hex).unwrap(), depth)
+    }
+
+    #[test]
+    fn errors_name_the_offending_byte() {
+        // [0, break]: the break at offset 2 closes nothing it may close.
+        assert!(matches!(
+            check("8200ff", 4),
+            Err(CborError::Malformed { offset: 2, .. })
+        ));
+        // (_ h'00', 0): the foreign chunk at offset 3.
+        assert!(matches!(
+            check("5f410000ff", 4),
+            Err(CborError::Malformed { offset: 3, .. })
+        ));
+        // [f8 10]: simple(16) in two bytes, at offset 1.
+        assert!(matches!(
+            check("81f810", 4),
+            Err(CborError::Malformed { offset: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn one_byte_simple_values_and_two_byte_ones_from_32_are_well_formed() {
+        for hex in ["e0", "f3", "f4", "f7", "f820", "f8ff"] {
+            assert_eq!(check(hex, 0), Ok(()), "{hex}");
+        }
+    }
+
+    #[test]
+    fn tags_count_as_depth_and_string_chunks_do_not() {
+        assert_eq!(check("c1c100", 2), Ok(()));
+        assert_eq!(check("c1c100", 1), Err(CborError::TooDeep { limit: 1 }));
+        assert_eq!(check("815f4100ff", 1), Ok(()));
+        assert_eq!(check("817f6161ff", 1), Ok(()));
+    }
+
+    #[test]
+    fn a_break_closes_only_the_innermost_indefinite_container() {
+        assert_eq!(check("9f9fffff", 2), Ok(()));
+        assert_eq!(check("bf9fff00ff", 2), Ok(()));
+        // The inner definite array still waits for an item.
+        assert_eq!(
+            check("9f81ff", 2),
+            Err(CborError::Malformed {
+                offset: 2,
+                reason: "break outside an indefinite container".into()
+            })
+        );
+    }
+
+    #[test]
+    fn huge_declared_lengths_are_truncated_not_allocated() {
+        assert_eq!(check("9bffffffffffffffff", 4), Err(CborError::Truncated));
+        assert_eq!(check("bbffffffffffffffff", 4), Err(CborError::Truncated));
+        assert_eq!(check("5bffffffffffffffff", 4), Err(CborError::Truncated));
     }
 }

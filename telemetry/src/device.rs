@@ -42,8 +42,14 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_odd_ids() {
         assert_eq!(validate_device_id(""), Err(DeviceIdError::Length(0)));
-        assert_eq!(validate_device_id(&"a".repeat(65)), Err(DeviceIdError::Length(65)));
-        assert_eq!(validate_device_id("a/b"), Err(DeviceIdError::Character('/')));
+        assert_eq!(
+            validate_device_id(&"a".repeat(65)),
+            Err(DeviceIdError::Length(65))
+        );
+        assert_eq!(
+            validate_device_id("a/b"),
+            Err(DeviceIdError::Character('/'))
+        );
         assert_eq!(validate_device_id("a+"), Err(DeviceIdError::Character('+')));
         assert_eq!(validate_device_id("é"), Err(DeviceIdError::Character('é')));
     }

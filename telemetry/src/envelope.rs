@@ -66,3 +66,57 @@ pub fn encode_batch(batch: &SyncBatch) -> Vec<u8> {
 pub fn decode_batch(bytes: &[u8]) -> Result<SyncBatch, WireError> {
     Ok(serde_cbor::from_slice(bytes)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_cbor::Value as Cbor;
+
+    fn batch() -> SyncBatch {
+        SyncBatch {
+            gateway_id: "gw-1".into(),
+            spool_id: "0123456789abcdef0123456789abcdef".into(),
+            backlog: 7,
+            envelopes: vec![Envelope {
+                seq: 1,
+                device_id: "dev".into(),
+                topic: "devices/dev/telemetry".into(),
+                received_at: 1_700_000_000_000,
+                payload: ByteBuf::from(vec![0x81, 0x00]),
+            }],
+        }
+    }
+
+    #[test]
+    fn payload_travels_as_a_byte_string() {
+        // serde_bytes keeps the payload one CBOR byte string, not an array of ints.
+        let doc: Cbor = serde_cbor::from_slice(&encode_batch(&batch())).unwrap();
+        let Cbor::Map(batch) = doc else {
+            panic!("batch is not a map");
+        };
+        let Cbor::Array(envelopes) = &batch[&Cbor::Text("envelopes".into())] else {
+            panic!("envelopes is not an array");
+        };
+        let Cbor::Map(envelope) = &envelopes[0] else {
+            panic!("envelope is not a map");
+        };
+        assert_eq!(
+            envelope[&Cbor::Text("payload".into())],
+            Cbor::Bytes(vec![0x81, 0x00])
+        );
+    }
+
+    #[test]
+    fn batches_round_trip_and_garbage_does_not_decode() {
+        assert_eq!(decode_batch(&encode_batch(&batch())).unwrap(), batch());
+        assert!(decode_batch(&[]).is_err());
+        assert!(decode_batch(&[0xa0]).is_err());
+        assert!(decode_batch(b"not cbor").is_err());
+    }
+
+    #[test]
+    fn approx_size_counts_ids_topic_payload_and_fixed_fields() {
+        let envelope = &batch().envelopes[0];
+        assert_eq!(envelope.approx_size(), 3 + 21 + 2 + 24);
+    }
+}

@@ -62,3 +62,64 @@ pub fn decode_payload(
         Err(reason) => Decoded::Opaque(reason),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::senml::{encode_pack, RawRecord, Value};
+
+    #[test]
+    fn the_size_limit_is_inclusive() {
+        let limits = Limits {
+            max_bytes: 3,
+            max_depth: 16,
+        };
+        // "ab" is 3 bytes of CBOR, "abc" 4.
+        assert!(decode_payload(&[0x62, b'a', b'b'], &limits, 0).is_ok());
+        assert_eq!(
+            decode_payload(&[0x63, b'a', b'b', b'c'], &limits, 0),
+            Err(PayloadError::TooLarge { size: 4, limit: 3 })
+        );
+    }
+
+    #[test]
+    fn well_formed_cbor_that_is_not_senml_is_opaque() {
+        assert_eq!(
+            decode_payload(&[0xa0], &Limits::default(), 0),
+            Ok(Decoded::Opaque(NotSenml::NotAPack))
+        );
+    }
+
+    #[test]
+    fn records_without_time_are_stamped_with_the_arrival_time() {
+        let pack = encode_pack(&[RawRecord {
+            name: Some("t".into()),
+            value: Some(Value::Float(1.0)),
+            ..RawRecord::default()
+        }]);
+        let Ok(Decoded::Senml(records)) =
+            decode_payload(&pack, &Limits::default(), 1_700_000_000_250)
+        else {
+            panic!("not senml");
+        };
+        assert_eq!(records[0].time, 1_700_000_000.25);
+    }
+
+    #[test]
+    fn depth_is_checked_before_senml_decoding() {
+        let limits = Limits {
+            max_bytes: 1024,
+            max_depth: 1,
+        };
+        // [{0: "x", 2: 1}] is two levels deep.
+        let pack = encode_pack(&[RawRecord {
+            name: Some("x".into()),
+            value: Some(Value::Float(1.0)),
+            ..RawRecord::default()
+        }]);
+        assert_eq!(
+            decode_payload(&pack, &limits, 0),
+            Err(PayloadError::Cbor(CborError::TooDeep { limit: 1 }))
+        );
+    }
+}

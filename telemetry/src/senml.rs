@@ -8,12 +8,15 @@
 //!            n 0  u 1  v 2  vs 3  vb 4  s 5  t 6  ut 7  vd 8
 //! resolved name  = bn + n           (must match [A-Za-z0-9][A-Za-z0-9:./_-]*)
 //! resolved time  = bt + t           (< 2^28 means relative to "now", absent means now)
-//! resolved value = bv + v | vs | vb | vd,  resolved sum = bs + s
+//! resolved value = bv + v | vs | vb | vd
+//! resolved sum   = bs + s           (a missing one counts as 0; neither: no sum)
+//! resolved pack  = records in chronological order, ties in pack order
 //! ```
 //!
 //! Base fields apply to their own record and every later one until
 //! overridden. Text labels are extensions: ignored, unless they end in `_`
-//! ("must understand"), which makes the pack unusable here.
+//! ("must understand"), which makes the pack unusable here, as does a `bver`
+//! newer than [`VERSION`] (§4.4).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +43,10 @@ pub mod label {
 
 /// Times below this many seconds are relative to "now" (RFC 8428 §4.5.3).
 pub const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
+
+/// The SenML version RFC 8428 defines (the default of `bver`); packs that
+/// declare a newer one are not used (§4.4).
+pub const VERSION: u64 = 10;
 
 /// A measured value: exactly one of SenML's value kinds.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -100,12 +107,17 @@ pub enum NotSenml {
     ManyValues { index: usize },
     #[error("record {index}: time or value is not finite")]
     NotFinite { index: usize },
+    /// `bver` is newer than [`VERSION`]: the pack may mean more than this code
+    /// knows, and RFC 8428 §4.4 says it must not be used.
+    #[error("record {index}: senml version {version} is newer than {VERSION}")]
+    Version { index: usize, version: u64 },
     #[error("pack holds no record")]
     Empty,
 }
 
-/// Decodes a SenML-CBOR pack and resolves it. `now` (seconds since the epoch)
-/// stands in for missing and relative times, as RFC 8428 prescribes.
+/// Decodes a SenML-CBOR pack and resolves it (RFC 8428 §4.6): base fields
+/// applied, times absolute, records in chronological order. `now` (seconds
+/// since the epoch) stands in for missing and relative times.
 pub fn decode_pack(bytes: &[u8], now: f64) -> Result<Vec<Record>, NotSenml> {
     let doc: Cbor =
         serde_cbor::from_slice(bytes).map_err(|e| NotSenml::Undecodable(e.to_string()))?;
@@ -132,6 +144,8 @@ pub fn decode_pack(bytes: &[u8], now: f64) -> Result<Vec<Record>, NotSenml> {
     if records.is_empty() {
         return Err(NotSenml::Empty);
     }
+    // Stable: records of one instant keep their order. Times are finite here.
+    records.sort_by(|a, b| a.time.total_cmp(&b.time));
     Ok(records)
 }
 
@@ -154,8 +168,13 @@ fn parse_record(index: usize, map: BTreeMap<Cbor, Cbor>) -> Result<RawRecord, No
         };
         match label {
             label::BVER => {
-                if !matches!(value, Cbor::Integer(_)) {
+                // §6: "For the version number, only an unsigned integer is allowed."
+                let Cbor::Integer(version) = value else {
                     return Err(wrong(label));
+                };
+                let version = u64::try_from(version).map_err(|_| wrong(label))?;
+                if version > VERSION {
+                    return Err(NotSenml::Version { index, version });
                 }
             }
             label::BN => raw.base_name = Some(text(value).ok_or(wrong(label))?),
@@ -237,7 +256,11 @@ fn resolve(
         Some(Value::Float(v)) => Some(Value::Float(v + base.base_value.unwrap_or(0.0))),
         other => other,
     };
-    let sum = raw.sum.map(|s| s + base.base_sum.unwrap_or(0.0));
+    // §4.5.4: either one alone is the sum; only with neither is there none.
+    let sum = match (raw.sum, base.base_sum) {
+        (None, None) => None,
+        (s, bs) => Some(s.unwrap_or(0.0) + bs.unwrap_or(0.0)),
+    };
     let finite = time.is_finite()
         && !matches!(value, Some(Value::Float(v)) if !v.is_finite())
         && sum.is_none_or(f64::is_finite);
@@ -305,4 +328,314 @@ fn raw_to_map(r: &RawRecord) -> BTreeMap<Cbor, Cbor> {
         None => {}
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: f64 = 1_700_000_000.0;
+
+    fn int(i: i128) -> Cbor {
+        Cbor::Integer(i)
+    }
+
+    fn text(s: &str) -> Cbor {
+        Cbor::Text(s.to_string())
+    }
+
+    fn pack(records: Vec<Vec<(Cbor, Cbor)>>) -> Vec<u8> {
+        let records = records
+            .into_iter()
+            .map(|fields| Cbor::Map(fields.into_iter().collect()))
+            .collect();
+        serde_cbor::to_vec(&Cbor::Array(records)).unwrap()
+    }
+
+    /// A pack of one record: `fields` plus the name "x" unless given.
+    fn one(fields: Vec<(Cbor, Cbor)>) -> Result<Vec<Record>, NotSenml> {
+        let mut fields = fields;
+        if !fields.iter().any(|(k, _)| *k == int(label::N)) {
+            fields.push((int(label::N), text("x")));
+        }
+        decode_pack(&pack(vec![fields]), NOW)
+    }
+
+    #[test]
+    fn names_follow_rfc_8428_section_4_5_1() {
+        for ok in [
+            "a",
+            "Z",
+            "0",
+            "urn:dev:ow:10e2073a01080063",
+            "2001:db8::2/t",
+            "a-b.c_d/e:f",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "-a", ":a", ".a", "/a", "_a", "a b", "a+b", "a#", "é", "a\u{0}", "a%",
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_resolved_name_is_bad_name() {
+        assert_eq!(
+            one(vec![(int(label::N), text("-x")), (int(label::V), int(1))]),
+            Err(NotSenml::BadName {
+                index: 0,
+                name: "-x".into()
+            })
+        );
+        // The base name counts: "a" + " b" holds a space.
+        assert_eq!(
+            one(vec![
+                (int(label::BN), text("a")),
+                (int(label::N), text(" b")),
+                (int(label::V), int(1)),
+            ]),
+            Err(NotSenml::BadName {
+                index: 0,
+                name: "a b".into()
+            })
+        );
+        // No name at all resolves to "", which is not a name.
+        let nameless = pack(vec![vec![(int(label::V), int(1))]]);
+        assert_eq!(
+            decode_pack(&nameless, NOW),
+            Err(NotSenml::BadName {
+                index: 0,
+                name: String::new()
+            })
+        );
+    }
+
+    #[test]
+    fn must_understand_labels_make_the_pack_unusable() {
+        assert_eq!(
+            one(vec![(int(label::V), int(1)), (text("lat_"), int(2))]),
+            Err(NotSenml::MustUnderstand {
+                index: 0,
+                label: "lat_".into()
+            })
+        );
+        // Without the trailing '_' an extension is ignored, and so is an
+        // integer label RFC 8428 does not define.
+        let records = one(vec![
+            (int(label::V), int(1)),
+            (text("lat"), int(2)),
+            (int(9), text("link")),
+            (int(-7), int(0)),
+        ])
+        .unwrap();
+        assert_eq!(records[0].value, Some(Value::Float(1.0)));
+    }
+
+    #[test]
+    fn more_than_one_value_field_is_many_values() {
+        let values = [
+            (int(label::V), int(1)),
+            (int(label::VS), text("s")),
+            (int(label::VB), Cbor::Bool(true)),
+            (int(label::VD), Cbor::Bytes(vec![1])),
+        ];
+        for i in 0..values.len() {
+            for j in i + 1..values.len() {
+                assert_eq!(
+                    one(vec![values[i].clone(), values[j].clone()]),
+                    Err(NotSenml::ManyValues { index: 0 }),
+                    "{i} and {j}"
+                );
+            }
+        }
+        // A value and a sum are not two values.
+        assert!(one(vec![values[0].clone(), (int(label::S), int(2))]).is_ok());
+    }
+
+    #[test]
+    fn base_only_records_set_context_and_produce_nothing() {
+        let bytes = pack(vec![
+            vec![(int(label::BN), text("dev:")), (int(label::BU), text("V"))],
+            vec![(int(label::N), text("a")), (int(label::V), int(1))],
+            vec![
+                (int(label::BN), text("other:")),
+                (int(label::BVER), int(10)),
+            ],
+            vec![(int(label::N), text("b")), (int(label::V), int(2))],
+        ]);
+        let records = decode_pack(&bytes, NOW).unwrap();
+        let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dev:a", "other:b"]);
+        assert!(records.iter().all(|r| r.unit.as_deref() == Some("V")));
+        // A pack of context alone holds no record.
+        let context_only = pack(vec![vec![(int(label::BN), text("dev:"))]]);
+        assert_eq!(decode_pack(&context_only, NOW), Err(NotSenml::Empty));
+        assert_eq!(decode_pack(&[0x80], NOW), Err(NotSenml::Empty));
+    }
+
+    #[test]
+    fn a_regular_field_without_value_or_sum_is_no_value() {
+        for field in [
+            (int(label::N), text("x")),
+            (int(label::U), text("V")),
+            (int(label::T), int(-1)),
+        ] {
+            let bytes = pack(vec![vec![field.clone()]]);
+            assert_eq!(
+                decode_pack(&bytes, NOW),
+                Err(NotSenml::NoValue { index: 0 }),
+                "{field:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_times_values_and_sums_are_not_finite() {
+        let cases = [
+            vec![(int(label::V), Cbor::Float(f64::INFINITY))],
+            vec![(int(label::V), Cbor::Float(f64::NAN))],
+            vec![
+                (int(label::V), int(1)),
+                (int(label::T), Cbor::Float(f64::NAN)),
+            ],
+            vec![
+                (int(label::V), int(1)),
+                (int(label::BT), Cbor::Float(f64::NEG_INFINITY)),
+            ],
+            vec![(int(label::S), Cbor::Float(f64::INFINITY))],
+            vec![
+                (int(label::V), int(1)),
+                (int(label::BS), Cbor::Float(f64::INFINITY)),
+            ],
+            // Finite fields whose sum overflows.
+            vec![
+                (int(label::BV), Cbor::Float(f64::MAX)),
+                (int(label::V), Cbor::Float(f64::MAX)),
+            ],
+            vec![
+                (int(label::V), int(1)),
+                (int(label::BT), Cbor::Float(f64::MAX)),
+                (int(label::T), Cbor::Float(f64::MAX)),
+            ],
+        ];
+        for fields in cases {
+            assert_eq!(
+                one(fields.clone()),
+                Err(NotSenml::NotFinite { index: 0 }),
+                "{fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_wrong_type() {
+        let cases = [
+            (label::BVER, Cbor::Float(10.0)),
+            (label::BVER, int(-1)),
+            (label::BN, int(1)),
+            (label::BT, text("now")),
+            (label::BU, int(1)),
+            (label::BV, Cbor::Bool(true)),
+            (label::BS, Cbor::Null),
+            (label::U, Cbor::Bytes(vec![])),
+            (label::V, text("1")),
+            (label::VS, int(1)),
+            (label::VB, int(1)),
+            (label::VD, text("aGkgCg")),
+            (label::S, text("1")),
+            (label::T, Cbor::Array(vec![])),
+            (label::UT, text("60")),
+        ];
+        for (label, value) in cases {
+            // Something valid that makes the record a measurement.
+            let filler = if [label::V, label::VS, label::VB, label::VD].contains(&label) {
+                (int(label::S), int(0))
+            } else {
+                (int(label::V), int(1))
+            };
+            assert_eq!(
+                one(vec![(int(label), value.clone()), filler]),
+                Err(NotSenml::WrongType {
+                    index: 0,
+                    label: label.to_string()
+                }),
+                "{label} = {value:?}"
+            );
+        }
+        let wrong_name = pack(vec![vec![(int(label::N), int(1)), (int(label::V), int(1))]]);
+        assert_eq!(
+            decode_pack(&wrong_name, NOW),
+            Err(NotSenml::WrongType {
+                index: 0,
+                label: "0".into()
+            })
+        );
+    }
+
+    #[test]
+    fn versions_up_to_10_are_read_and_newer_ones_refused() {
+        for version in [0, 1, 5, 10] {
+            assert!(one(vec![
+                (int(label::BVER), int(version)),
+                (int(label::V), int(1))
+            ])
+            .is_ok());
+        }
+        assert_eq!(
+            one(vec![(int(label::BVER), int(11)), (int(label::V), int(1))]),
+            Err(NotSenml::Version {
+                index: 0,
+                version: 11
+            })
+        );
+    }
+
+    #[test]
+    fn documents_that_are_not_packs() {
+        let map = serde_cbor::to_vec(&Cbor::Map(BTreeMap::new())).unwrap();
+        assert_eq!(decode_pack(&map, NOW), Err(NotSenml::NotAPack));
+        let array_of_ints = serde_cbor::to_vec(&Cbor::Array(vec![int(1)])).unwrap();
+        assert_eq!(decode_pack(&array_of_ints, NOW), Err(NotSenml::NotAPack));
+        let float_key = pack(vec![vec![(Cbor::Float(0.0), int(1))]]);
+        assert_eq!(decode_pack(&float_key, NOW), Err(NotSenml::NotAPack));
+        // simple(16) is well-formed CBOR that serde_cbor does not decode.
+        assert!(matches!(
+            decode_pack(&[0xf0], NOW),
+            Err(NotSenml::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn encode_pack_writes_integer_labels() {
+        let bytes = encode_pack(&[RawRecord {
+            base_name: Some("d:".into()),
+            base_time: Some(1.5e9),
+            base_unit: Some("V".into()),
+            base_value: Some(1.0),
+            base_sum: Some(2.0),
+            name: Some("n".into()),
+            unit: Some("A".into()),
+            value: Some(Value::Bool(true)),
+            sum: Some(3.0),
+            time: Some(-1.0),
+        }]);
+        let Cbor::Array(records) = serde_cbor::from_slice(&bytes).unwrap() else {
+            panic!("not an array");
+        };
+        let Cbor::Map(map) = &records[0] else {
+            panic!("not a map");
+        };
+        let mut labels: Vec<i128> = map
+            .keys()
+            .map(|key| match key {
+                Cbor::Integer(label) => *label,
+                other => panic!("label {other:?} is not an integer"),
+            })
+            .collect();
+        labels.sort_unstable();
+        assert_eq!(labels, [-6, -5, -4, -3, -2, 0, 1, 4, 5, 6]);
+        assert_eq!(map[&int(label::VB)], Cbor::Bool(true));
+    }
 }

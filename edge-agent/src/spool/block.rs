@@ -87,7 +87,13 @@ mod tests {
     fn round_trips_with_header() {
         let envelopes: Vec<_> = (5..9).map(envelope).collect();
         let bytes = encode(&envelopes);
-        assert_eq!(header(&bytes).unwrap(), BlockHeader { count: 4, last_seq: 8 });
+        assert_eq!(
+            header(&bytes).unwrap(),
+            BlockHeader {
+                count: 4,
+                last_seq: 8
+            }
+        );
         assert_eq!(decode(&bytes).unwrap(), envelopes);
     }
 

@@ -105,7 +105,11 @@ struct Submitter {
 
 impl Spool {
     /// Opens (or creates) the spool in `dir` and starts its writer thread.
-    pub fn open(dir: &Path, options: SpoolOptions, metrics: SpoolMetrics) -> Result<Spool, SpoolError> {
+    pub fn open(
+        dir: &Path,
+        options: SpoolOptions,
+        metrics: SpoolMetrics,
+    ) -> Result<Spool, SpoolError> {
         let storage = |source| SpoolError::Storage {
             path: dir.to_path_buf(),
             source,
@@ -135,11 +139,11 @@ impl Spool {
         let read_u64 = |key: &str| -> Result<u64, SpoolError> {
             match trees.meta.get(key).map_err(storage)? {
                 None => Ok(0),
-                Some(v) => Ok(u64::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt(format!("meta {key} is not 8 bytes")))?,
-                )),
+                Some(v) => {
+                    Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                        corrupt(format!("meta {key} is not 8 bytes"))
+                    })?))
+                }
             }
         };
         let acked_seq = read_u64(ACKED_SEQ)?;
@@ -201,12 +205,19 @@ impl Spool {
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
-                writer::run(rx, trees, durability, config, metrics, |last_seq, readings| {
-                    if let Some(inner) = notify.upgrade() {
-                        inner.pending.fetch_add(readings as u64, Ordering::AcqRel);
-                        inner.durable_tx.send_replace(last_seq);
-                    }
-                })
+                writer::run(
+                    rx,
+                    trees,
+                    durability,
+                    config,
+                    metrics,
+                    |last_seq, readings| {
+                        if let Some(inner) = notify.upgrade() {
+                            inner.pending.fetch_add(readings as u64, Ordering::AcqRel);
+                            inner.durable_tx.send_replace(last_seq);
+                        }
+                    },
+                )
             })
             .map_err(|e| storage(sled::Error::Io(e)))?;
         *inner.writer.lock().expect("writer lock") = Some(handle);
@@ -309,7 +320,9 @@ impl Spool {
         inner.trees.queue.apply_batch(batch).map_err(storage)?;
         let _ = inner
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(count)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(count))
+            });
         inner.metrics.records.dec_by(count as i64);
         inner.metrics.acked_seq.set(upto as i64);
         Ok(())
@@ -349,10 +362,12 @@ impl Spool {
         let mut out = Vec::new();
         for entry in self.inner.trees.dead_letters.iter() {
             let (_, value) = entry.map_err(storage)?;
-            out.push(serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
-                path: self.inner.path.clone(),
-                reason: format!("dead letter: {e}"),
-            })?);
+            out.push(
+                serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
+                    path: self.inner.path.clone(),
+                    reason: format!("dead letter: {e}"),
+                })?,
+            );
         }
         Ok(out)
     }

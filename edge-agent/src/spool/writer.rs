@@ -141,7 +141,9 @@ pub(super) fn run(
         let started = Instant::now();
         match write_group(&trees, &mut group, &config, &metrics) {
             Ok(readings) => {
-                metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 metrics.group_commit_records.observe(readings as f64);
                 // Counts first, so that whoever wakes up sees them.
                 on_durable(last_seq, readings);

@@ -26,7 +26,12 @@ impl AgentProcess {
             .args(["run", "--log-format", "json", "--gateway-id", "gw-test"])
             .arg("--spool-dir")
             .arg(spool_dir)
-            .args(["--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--uplink-url", uplink_url, "--uplink-token", "test-token"])
             .env("RUST_LOG", "info,rumqttd=off")
             .stdout(Stdio::piped())
@@ -94,7 +99,11 @@ pub async fn publish_each_acked(
     let (client, mut events) = connect(addr, device_id).await;
     let topic = format!("devices/{device_id}/telemetry");
     for (index, payload) in payloads.into_iter().enumerate() {
-        if client.publish(&topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+        if client
+            .publish(&topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
             return index;
         }
         loop {
