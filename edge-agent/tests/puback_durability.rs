@@ -17,12 +17,15 @@ const READINGS: usize = 100;
 /// Kill the agent once this many PUBACKs arrived, mid-stream.
 const KILL_AFTER: usize = 600;
 
+/// A reading as the device sent it: device id and payload bytes.
+type Sent = (String, Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_reading_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens at the uplink address: every reading stays spooled.
     let mut agent = AgentProcess::spawn(dir.path(), "http://127.0.0.1:9");
-    let acked: Arc<Mutex<HashSet<(String, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<HashSet<Sent>>> = Arc::default();
     let killed = Arc::new(tokio::sync::Notify::new());
 
     let mut publishers = Vec::new();
@@ -62,7 +65,7 @@ async fn every_acknowledged_reading_survives_kill_9() {
         "the kill came before the end"
     );
     let spool = Spool::open(dir.path(), SpoolOptions::default(), SpoolMetrics::default()).unwrap();
-    let stored: HashSet<(String, Vec<u8>)> = spool
+    let stored: HashSet<Sent> = spool
         .read_after(0, usize::MAX, usize::MAX)
         .unwrap()
         .into_iter()

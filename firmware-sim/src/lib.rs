@@ -1,1 +1,31 @@
-pub fn x(){}
+//! Simulated device fleets and an end-to-end delivery verifier.
+//!
+//! [`run_fleet`] starts thousands of virtual devices, each with its own MQTT
+//! connection and a realistic sensor model, publishing one SenML-CBOR reading
+//! per message; it keeps a [`Ledger`] of every reading the broker
+//! acknowledged. [`verify`] then looks each of them up in the collector's
+//! query API and reports what is missing, duplicated or wrong.
+//!
+//! **Architecture Invariant:** `firmware-sim` reaches the broker only over
+//! MQTT and the collector only over its public HTTP API, as real devices and
+//! dashboards do.
+
+pub mod cli;
+mod config;
+mod device;
+mod fleet;
+mod ledger;
+pub mod payload;
+mod progress;
+pub mod sensors;
+pub mod shutdown;
+mod summary;
+mod verify;
+
+pub use config::{ConfigError, FleetConfig};
+pub use fleet::{run_fleet, FleetError};
+pub use ledger::{Ledger, LedgerError, Reading};
+pub use summary::Summary;
+pub use verify::{
+    verify, verify_within, Duplicate, ReadingKey, VerifyReport, WrongValue, TIME_TOLERANCE,
+};

@@ -411,7 +411,9 @@ impl IngestSink for Spool {
                 // Back-pressure: hold this connection (and, through the lock,
                 // the others) until the writer catches up.
                 let tx = tx.clone();
-                tokio::task::block_in_place(|| tx.send(item)).map_err(|_| SinkError::Closed)?;
+                tokio::task::block_in_place(|| tx.send(item).is_ok())
+                    .then_some(())
+                    .ok_or(SinkError::Closed)?;
             }
             Err(TrySendError::Disconnected(_)) => return Err(SinkError::Closed),
         }
