@@ -30,6 +30,17 @@ pub enum Command {
     Run(RunArgs),
     /// Check a saved ledger against the collector.
     Verify(VerifyArgs),
+    /// Run collector, gateway and a simulated fleet in one process until Ctrl-C.
+    Demo(crate::demo::DemoArgs),
+    /// Measure the gateway's ingest rate.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Devices publish flat out to an in-process gateway; prints acknowledged msg/s.
+    Ingest(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +130,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
     match cli.command {
         Command::Run(args) => run_command(args, shutdown).await,
         Command::Verify(args) => verify_command(args, shutdown).await,
+        Command::Demo(args) => crate::demo::demo(args, shutdown).await,
+        Command::Bench(BenchCommand::Ingest(args)) => crate::bench::ingest(args, shutdown).await,
     }
 }
 

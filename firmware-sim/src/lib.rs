@@ -10,12 +10,15 @@
 //! MQTT and the collector only over its public HTTP API, as real devices and
 //! dashboards do.
 
+mod bench;
 pub mod cli;
 mod config;
+mod demo;
 mod device;
 mod fleet;
 mod ledger;
 pub mod payload;
+mod pipeline;
 mod progress;
 pub mod sensors;
 pub mod shutdown;

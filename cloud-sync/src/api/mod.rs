@@ -1,0 +1,15 @@
+//! The HTTP API: routes, handlers and the one error type they answer with.
+
+mod auth;
+mod batches;
+mod error;
+mod extract;
+mod json;
+mod log_gate;
+mod ops;
+mod queries;
+mod routes;
+
+pub use self::error::ApiError;
+pub(crate) use self::log_gate::LogGate;
+pub use self::routes::{router, DEFAULT_POINTS_LIMIT, MAX_BUCKETS, MAX_POINTS_LIMIT};

@@ -1,0 +1,53 @@
+//! The route table of the collector.
+//!
+//! ```text
+//! POST /v1/batches                   bearer token; body SyncBatch (CBOR, optionally zstd/gzip)
+//! GET  /v1/devices
+//! GET  /v1/devices/{id}/points       ?name=&from=&to=&limit=
+//! GET  /v1/devices/{id}/aggregates   ?name=&from=&to=&step=
+//! GET  /v1/devices/{id}/documents    ?from=&to=&limit=
+//! GET  /v1/gateways
+//! GET  /healthz                      200 "ok"
+//! GET  /metrics                      Prometheus text
+//! ```
+
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::TraceLayer;
+
+use super::{batches, ops, queries};
+use crate::state::AppState;
+
+/// Points (or documents) returned when the query names no limit.
+pub const DEFAULT_POINTS_LIMIT: usize = 10_000;
+/// Largest `limit` a query may ask for.
+pub const MAX_POINTS_LIMIT: usize = 100_000;
+/// Most buckets one aggregate query may span.
+pub const MAX_BUCKETS: u64 = 100_000;
+
+/// The collector's HTTP service over `state`.
+pub fn router(state: AppState) -> Router {
+    // Encodings other than gzip/zstd pass through so the handler can refuse
+    // them with a JSON body; decompression is lazy and bounded by the handler.
+    let decompression = RequestDecompressionLayer::new()
+        .gzip(true)
+        .zstd(true)
+        .pass_through_unaccepted(true);
+    Router::new()
+        .route(
+            "/v1/batches",
+            post(batches::post_batch).layer(decompression),
+        )
+        .route("/v1/devices", get(queries::devices))
+        .route("/v1/devices/{id}/points", get(queries::points))
+        .route("/v1/devices/{id}/aggregates", get(queries::aggregates))
+        .route("/v1/devices/{id}/documents", get(queries::documents))
+        .route("/v1/gateways", get(queries::gateways))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

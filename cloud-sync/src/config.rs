@@ -1,0 +1,364 @@
+//! Configuration: the TOML file format (one struct per section), the
+//! overrides that environment variables and flags apply on top of it, and
+//! the validated runtime [`Config`] the server runs with.
+//!
+//! Precedence, lowest first: built-in defaults < TOML file < `CLOUD_SYNC_*`
+//! environment variables < command-line flags. Defaults live in this file only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address: loopback, so a fresh install is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "cloud-sync-data";
+/// Default bound on a request body after decompression: 16 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Runtime configuration, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address the HTTP server binds; port 0 picks a free port. Default 127.0.0.1:8480.
+    pub listen: SocketAddr,
+    /// Directory of the sled store; created when missing.
+    pub data_dir: PathBuf,
+    /// Bearer tokens accepted on `POST /v1/batches`; must not be empty.
+    pub tokens: Vec<String>,
+    /// Largest request body accepted after decompression, in bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Bounds on each envelope's payload (size, CBOR nesting).
+    pub payload_limits: telemetry::Limits,
+}
+
+impl Config {
+    /// A config with every default, storing in `data_dir` and accepting `tokens`.
+    pub fn new(data_dir: impl Into<PathBuf>, tokens: Vec<String>) -> Config {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+            data_dir: data_dir.into(),
+            tokens,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            payload_limits: telemetry::Limits::default(),
+        }
+    }
+
+    /// Checks the invariants the server relies on; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tokens.is_empty() {
+            return Err(invalid(
+                "auth.tokens",
+                "at least one token is required (try `cloud-sync config init`)",
+            ));
+        }
+        for (index, token) in self.tokens.iter().enumerate() {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "auth.tokens",
+                    format!("token {index} must be non-empty printable ascii without spaces"),
+                ));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1"));
+        }
+        if self.payload_limits.max_bytes == 0 {
+            return Err(invalid("payload.max_bytes", "must be at least 1"));
+        }
+        if self.payload_limits.max_depth == 0 {
+            return Err(invalid("payload.max_depth", "must be at least 1"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration cannot be used. The operator must fix the file,
+/// the environment or the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The config file is not valid TOML or holds unknown keys.
+    #[error("invalid config file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        /// 1-based line of the problem (0 when toml gives no position).
+        line: usize,
+        message: String,
+    },
+    /// A field holds an unusable value.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The TOML file, section by section. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub store: StoreSection,
+    pub auth: AuthSection,
+    pub payload: PayloadSection,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to bind, `host:port`. Default 127.0.0.1:8480.
+    pub listen: SocketAddr,
+    /// Largest request body after decompression, bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// Directory of the sled store. Default `cloud-sync-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// Gateway bearer tokens. No default: at least one must be set.
+    pub tokens: Vec<String>,
+}
+
+/// `[payload]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PayloadSection {
+    /// Largest device payload decoded as SenML, bytes. Default 64 KiB.
+    pub max_bytes: usize,
+    /// Deepest CBOR nesting decoded. Default 16.
+    pub max_depth: usize,
+}
+
+impl Default for PayloadSection {
+    fn default() -> Self {
+        let limits = telemetry::Limits::default();
+        PayloadSection {
+            max_bytes: limits.max_bytes,
+            max_depth: limits.max_depth,
+        }
+    }
+}
+
+/// Values from the environment or flags; `Some` wins over the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tokens: Option<Vec<String>>,
+    pub max_body_bytes: Option<usize>,
+}
+
+impl FileConfig {
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|err: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            line: err
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1),
+            // toml's Display draws the source line; one line is enough here.
+            message: err.message().trim().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+
+    /// Applies environment and flag values on top of the file's.
+    pub fn apply(mut self, overrides: Overrides) -> FileConfig {
+        if let Some(listen) = overrides.listen {
+            self.server.listen = listen;
+        }
+        if let Some(max) = overrides.max_body_bytes {
+            self.server.max_body_bytes = max;
+        }
+        if let Some(dir) = overrides.data_dir {
+            self.store.data_dir = dir;
+        }
+        if let Some(tokens) = overrides.tokens {
+            self.auth.tokens = tokens;
+        }
+        self
+    }
+
+    /// Turns the layered file config into a runtime config.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let config = Config {
+            listen: self.server.listen,
+            data_dir: self.store.data_dir,
+            tokens: self.auth.tokens,
+            max_body_bytes: self.server.max_body_bytes,
+            payload_limits: telemetry::Limits {
+                max_bytes: self.payload.max_bytes,
+                max_depth: self.payload.max_depth,
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A fresh random token: 32 random bytes in hex.
+pub fn generate_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The commented default config file printed by `cloud-sync config init`.
+pub fn default_toml(token: &str) -> String {
+    let limits = telemetry::Limits::default();
+    format!(
+        r#"# cloud-sync configuration. Environment variables (CLOUD_SYNC_*) and
+# command-line flags override these values.
+
+[server]
+# Address to listen on (host:port). Env: CLOUD_SYNC_LISTEN.
+listen = "{DEFAULT_LISTEN}"
+# Largest request body accepted after decompression, in bytes (16 MiB).
+# Env: CLOUD_SYNC_MAX_BODY_BYTES.
+max_body_bytes = {DEFAULT_MAX_BODY_BYTES}
+
+[store]
+# Directory of the embedded sled store; created when missing.
+# Env: CLOUD_SYNC_DATA_DIR.
+data_dir = "{DEFAULT_DATA_DIR}"
+
+[auth]
+# Bearer tokens gateways present on POST /v1/batches. Keep this file private.
+# Env: CLOUD_SYNC_TOKENS (comma-separated).
+tokens = ["{token}"]
+
+[payload]
+# Largest device payload decoded, in bytes; larger ones are kept as invalid documents.
+max_bytes = {max_bytes}
+# Deepest CBOR nesting decoded.
+max_depth = {max_depth}
+"#,
+        max_bytes = limits.max_bytes,
+        max_depth = limits.max_depth,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_parses_and_validates() {
+        let token = generate_token();
+        assert_eq!(token.len(), 64);
+        let config = FileConfig::parse(&default_toml(&token), Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(config, Config::new(DEFAULT_DATA_DIR, vec![token]));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = FileConfig::parse(
+            "[server]\nlisten = \"1.2.3.4:5\"\nlisen = \"1.2.3.4:5\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("invalid config file c.toml, line 3: unknown field `lisen`"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let file = FileConfig::parse(
+            "[server]\nlisten = \"0.0.0.0:1\"\nmax_body_bytes = 10\n[auth]\ntokens = [\"a\"]\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let config = file
+            .clone()
+            .apply(Overrides {
+                listen: Some("127.0.0.1:2".parse().unwrap()),
+                tokens: Some(vec!["b".into()]),
+                ..Overrides::default()
+            })
+            .validate()
+            .unwrap();
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(config.max_body_bytes, 10);
+        assert_eq!(config.tokens, vec!["b"]);
+        assert_eq!(file.validate().unwrap().listen.port(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = FileConfig::default().validate().unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid config: auth.tokens:"),
+            "{err}"
+        );
+        let mut config = Config::new("d", vec!["with space".into()]);
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("auth.tokens"));
+        config.tokens = vec!["t".into()];
+        config.max_body_bytes = 0;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("server.max_body_bytes"));
+    }
+}

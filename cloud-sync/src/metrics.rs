@@ -1,0 +1,158 @@
+//! The collector's Prometheus metrics, in a registry owned by one server
+//! (never a global: several collectors may share a test process).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::model::IngestOutcome;
+
+/// Outcome label of `cloud_sync_batches_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// `ok`, or the error code of the answer: `bad_request`, `unauthorized`,
+    /// `payload_too_large`, `unsupported_media_type`, `internal_error`.
+    pub status: &'static str,
+}
+
+/// Outcome label of `cloud_sync_envelopes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `accepted` or `duplicate`.
+    pub result: &'static str,
+}
+
+/// Every metric the collector exports, and the registry that holds them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    batches: Family<StatusLabels, Counter>,
+    envelopes: Family<ResultLabels, Counter>,
+    points: Counter,
+    duplicate_points: Counter,
+    documents: Counter,
+    invalid_payloads: Counter,
+    ingest_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let batches = Family::<StatusLabels, Counter>::default();
+        let envelopes = Family::<ResultLabels, Counter>::default();
+        let points = Counter::default();
+        let duplicate_points = Counter::default();
+        let documents = Counter::default();
+        let invalid_payloads = Counter::default();
+        // 0.5 ms .. ~8 s: a batch of a few envelopes up to a slow fsync of 16 MiB.
+        let ingest_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        // The text encoder appends `_total` to counters.
+        registry.register(
+            "cloud_sync_batches",
+            "Batches received on POST /v1/batches, by outcome",
+            batches.clone(),
+        );
+        registry.register(
+            "cloud_sync_envelopes",
+            "Envelopes of accepted batches: stored for the first time or already held",
+            envelopes.clone(),
+        );
+        registry.register("cloud_sync_points", "Points stored", points.clone());
+        registry.register(
+            "cloud_sync_duplicate_points",
+            "Points skipped because the same device, name and time was already stored",
+            duplicate_points.clone(),
+        );
+        registry.register(
+            "cloud_sync_documents",
+            "Envelopes stored as documents (not SenML, or not decodable)",
+            documents.clone(),
+        );
+        registry.register(
+            "cloud_sync_invalid_payloads",
+            "Payloads that did not decode, kept as documents flagged invalid",
+            invalid_payloads.clone(),
+        );
+        registry.register(
+            "cloud_sync_request_duration_seconds",
+            "Time to handle POST /v1/batches, from request to answer",
+            ingest_duration.clone(),
+        );
+        Metrics {
+            registry,
+            batches,
+            envelopes,
+            points,
+            duplicate_points,
+            documents,
+            invalid_payloads,
+            ingest_duration,
+        }
+    }
+
+    /// Counts one batch request by its outcome and how long it took.
+    pub fn observe_batch(&self, status: &'static str, seconds: f64) {
+        self.batches.get_or_create(&StatusLabels { status }).inc();
+        self.ingest_duration.observe(seconds);
+    }
+
+    /// Counts what a stored batch held.
+    pub fn observe_outcome(&self, outcome: &IngestOutcome) {
+        self.envelopes
+            .get_or_create(&ResultLabels { result: "accepted" })
+            .inc_by(outcome.accepted);
+        self.envelopes
+            .get_or_create(&ResultLabels {
+                result: "duplicate",
+            })
+            .inc_by(outcome.duplicates);
+        self.points.inc_by(outcome.points);
+        self.duplicate_points.inc_by(outcome.duplicate_points);
+        self.documents.inc_by(outcome.documents);
+        self.invalid_payloads.inc_by(outcome.invalid_documents);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String never fails");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        let metrics = Metrics::new();
+        metrics.observe_batch("ok", 0.01);
+        metrics.observe_outcome(&IngestOutcome {
+            accepted: 3,
+            duplicates: 1,
+            points: 5,
+            ..IngestOutcome::default()
+        });
+        let text = metrics.encode();
+        for line in [
+            "cloud_sync_batches_total{status=\"ok\"} 1",
+            "cloud_sync_envelopes_total{result=\"accepted\"} 3",
+            "cloud_sync_envelopes_total{result=\"duplicate\"} 1",
+            "cloud_sync_points_total 5",
+            "cloud_sync_documents_total 0",
+            "cloud_sync_request_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The collector process: a bound listener plus the shared state, served
+//! until the shutdown token is cancelled.
+//!
+//! Shutdown drains: the listener stops accepting, in-flight requests finish
+//! (each acknowledged batch was already flushed before its answer), then the
+//! store is flushed once more. Connections that do not finish within
+//! [`DRAIN_TIMEOUT`] are abandoned; their batches were not acknowledged, so
+//! the gateways retry them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::router;
+use crate::config::Config;
+use crate::state::AppState;
+
+/// How long shutdown waits for open requests to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A collector bound to its address, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+}
+
+impl Server {
+    /// Validates `config`, binds its listen address and opens the store.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let state = tokio::task::spawn_blocking(move || AppState::open(&config))
+            .await
+            .context("store opener panicked")??;
+        Ok(Server {
+            listener,
+            local_addr,
+            state,
+        })
+    }
+
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The state the server runs with (store, metrics).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains and flushes the store.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            state,
+        } = self;
+        tracing::info!(addr = %local_addr, "collector listening");
+        let serve = axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let drain_limit = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        tokio::select! {
+            served = serve => served.context("http server failed")?,
+            () = drain_limit => {
+                tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still open at shutdown, abandoning them");
+            }
+        }
+        state
+            .store()
+            .flush()
+            .await
+            .context("final store flush failed")?;
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
