@@ -96,17 +96,21 @@ impl IngestCodec {
         }
     }
 
+    /// The MQTT client id this connection sent in CONNECT.
+    fn client_id(&self) -> String {
+        self.conn
+            .client_id
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
     fn ingest(&self, publish: &Publish, qos: u8) -> Result<(), Error> {
         let shared = &self.shared;
         let received_at = now_ms();
         let topic = std::str::from_utf8(&publish.topic).map_err(|_| Error::TopicNotUtf8)?;
         let Some(device_id) = device_id_from_topic(topic) else {
-            let client_id = self
-                .conn
-                .client_id
-                .lock()
-                .map(|c| c.clone())
-                .unwrap_or_default();
+            let client_id = self.client_id();
             self.reject(
                 &client_id,
                 "topic",
@@ -202,12 +206,7 @@ impl IngestCodec {
         });
         result.map_err(|err| {
             self.shared.metrics.acks_withheld.inc();
-            let client_id = self
-                .conn
-                .client_id
-                .lock()
-                .map(|c| c.clone())
-                .unwrap_or_default();
+            let client_id = self.client_id();
             warn!(client_id, error = %err, "acknowledgement withheld; closing the connection");
             Error::InvalidProtocol
         })
