@@ -50,10 +50,12 @@ impl Agent {
         let dir = config.spool_dir.clone();
         let options = config.spool.clone();
         let metrics = spool_metrics.clone();
-        let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, options, metrics))
-            .await
-            .context("spool open panicked")?
-            .context("cannot open the spool")?;
+        let (spool, _quarantine) = tokio::task::spawn_blocking(move || {
+            spool::open_or_quarantine(&dir, &options, &metrics)
+        })
+        .await
+        .context("spool open panicked")?
+        .with_context(|| format!("cannot open the spool at {}", config.spool_dir.display()))?;
 
         let broker = broker::Broker::start(config.mqtt.clone(), Arc::new(spool.clone()))
             .context("cannot start the MQTT broker")?;

@@ -25,6 +25,10 @@ pub struct SpoolMetrics {
     pub flush_seconds: Histogram,
     /// Readings per group commit.
     pub group_commit_records: Histogram,
+    /// Spools found corrupt at start and moved aside.
+    pub quarantined: Counter,
+    /// Stored blocks that no longer decode, moved out of the queue.
+    pub corrupt_blocks: Counter,
 }
 
 impl Default for SpoolMetrics {
@@ -37,6 +41,8 @@ impl Default for SpoolMetrics {
             write_errors: Counter::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             group_commit_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            quarantined: Counter::default(),
+            corrupt_blocks: Counter::default(),
         }
     }
 }
@@ -116,6 +122,16 @@ pub fn registry(
         "edge_spool_group_commit_records",
         "Readings per group commit",
         spool.group_commit_records.clone(),
+    );
+    registry.register(
+        "edge_spool_quarantined",
+        "Spools found corrupt at start and moved aside",
+        spool.quarantined.clone(),
+    );
+    registry.register(
+        "edge_spool_corrupt_blocks",
+        "Stored blocks that no longer decode, moved out of the queue",
+        spool.corrupt_blocks.clone(),
     );
     registry.register(
         "edge_uplink_batches",

@@ -210,3 +210,67 @@ proptest! {
         }
     }
 }
+
+/// Overwrites the middle of every file in the spool with garbage.
+fn corrupt_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let len = bytes.len();
+            for b in &mut bytes[len / 4..len * 3 / 4] {
+                *b = 0x5a;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_spool_is_moved_aside_and_a_fresh_one_starts() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("spool");
+    let old_id = {
+        let spool = open(&dir);
+        let last = (0..50u8).map(|i| submit(&spool, "d", &[i])).last().unwrap();
+        wait(&spool, last);
+        spool.close().unwrap();
+        spool.spool_id().to_string()
+    };
+    corrupt_files(&dir);
+
+    let metrics = SpoolMetrics::default();
+    let (spool, aside) =
+        edge_agent::spool::open_or_quarantine(&dir, &SpoolOptions::default(), &metrics).unwrap();
+    let aside = aside.expect("the corrupt spool was quarantined");
+    assert!(aside.exists());
+    assert!(
+        aside
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("spool.quarantine-"),
+        "{}",
+        aside.display()
+    );
+    assert_ne!(spool.spool_id(), old_id, "a fresh spool has a new id");
+    assert_eq!(spool.stats().pending, 0);
+    assert_eq!(metrics.quarantined.get(), 1);
+    let ticket = submit(&spool, "d", b"new");
+    wait(&spool, ticket);
+}
+
+#[test]
+fn a_healthy_spool_is_not_quarantined() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("spool");
+    drop(open(&dir));
+    let (_spool, aside) = edge_agent::spool::open_or_quarantine(
+        &dir,
+        &SpoolOptions::default(),
+        &SpoolMetrics::default(),
+    )
+    .unwrap();
+    assert_eq!(aside, None);
+}

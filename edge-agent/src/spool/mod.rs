@@ -18,8 +18,10 @@
 //!   last seq + 1 and `acked_seq` + 1, so a seq is never reused.
 
 mod block;
+mod quarantine;
 mod store;
 mod writer;
 
 pub use block::DeadLetter;
+pub use quarantine::open_or_quarantine;
 pub use store::{Spool, SpoolError, SpoolOptions, SpoolStats};

@@ -55,6 +55,14 @@ pub enum SpoolError {
     Corrupt { path: PathBuf, reason: String },
 }
 
+impl SpoolError {
+    /// Whether the spool's files are bad (quarantine them) rather than
+    /// unreachable (an operator must act; never move a spool aside for that).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, SpoolError::Corrupt { .. })
+    }
+}
+
 /// Counts for status pages and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SpoolStats {
@@ -118,11 +126,27 @@ impl Spool {
             path: dir.to_path_buf(),
             reason,
         };
-        let db = sled::Config::new().path(dir).open().map_err(storage)?;
+        // Errors that say the files themselves are bad, as opposed to the
+        // directory being unreachable or locked by another process.
+        let opening = |source: sled::Error| match source {
+            sled::Error::Corruption { .. }
+            | sled::Error::Unsupported(_)
+            | sled::Error::ReportableBug(_) => corrupt(source.to_string()),
+            sled::Error::Io(ref e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                corrupt(source.to_string())
+            }
+            source => storage(source),
+        };
+        let db = sled::Config::new().path(dir).open().map_err(opening)?;
         let trees = Trees {
-            queue: db.open_tree("queue").map_err(storage)?,
-            meta: db.open_tree("meta").map_err(storage)?,
-            dead_letters: db.open_tree("dead_letters").map_err(storage)?,
+            queue: db.open_tree("queue").map_err(opening)?,
+            meta: db.open_tree("meta").map_err(opening)?,
+            dead_letters: db.open_tree("dead_letters").map_err(opening)?,
             db,
         };
 
@@ -394,6 +418,23 @@ impl Spool {
         SpoolError::Corrupt {
             path: self.inner.path.clone(),
             reason: err.to_string(),
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle gone: let the writer finish its group and release the
+    /// sled files, so that the spool can be opened again right away.
+    fn drop(&mut self) {
+        if let Ok(submit) = self.submit.get_mut() {
+            submit.tx.take();
+        }
+        if let Some(handle) = self.writer.get_mut().ok().and_then(Option::take) {
+            // The writer itself may hold the last handle for a moment (its
+            // durability callback); it must not wait for itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
         }
     }
 }
