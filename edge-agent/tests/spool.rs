@@ -232,8 +232,8 @@ fn a_corrupt_spool_is_moved_aside_and_a_fresh_one_starts() {
     let dir = parent.path().join("spool");
     let old_id = {
         let spool = open(&dir);
-        let last = (0..50u8).map(|i| submit(&spool, "d", &[i])).last().unwrap();
-        wait(&spool, last);
+        let tickets: Vec<_> = (0..50u8).map(|i| submit(&spool, "d", &[i])).collect();
+        wait(&spool, *tickets.last().unwrap());
         spool.close().unwrap();
         spool.spool_id().to_string()
     };

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -81,6 +81,76 @@ pub(super) struct Trees {
     pub queue: sled::Tree,
     pub meta: sled::Tree,
     pub dead_letters: sled::Tree,
+    /// Blocks that stopped decoding, kept for `spool recover` and forensics.
+    pub corrupt: sled::Tree,
+}
+
+/// The sled files, which the writer reopens after a failed write: sled keeps
+/// the first I/O error (a full disk, say) and refuses every later write
+/// until the database is opened anew.
+pub(super) struct Files {
+    path: PathBuf,
+    /// `None` only for the moment of a reopen.
+    trees: RwLock<Option<Trees>>,
+}
+
+impl Files {
+    /// Runs `f` on the open trees; an error if a reopen failed.
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<R, SpoolError>,
+    ) -> Result<R, SpoolError> {
+        let guard = self.trees.read().expect("spool files lock");
+        match guard.as_ref() {
+            Some(trees) => f(trees),
+            None => Err(SpoolError::Storage {
+                path: self.path.clone(),
+                source: sled::Error::Unsupported(
+                    "spool files are being reopened after a write failure".into(),
+                ),
+            }),
+        }
+    }
+
+    pub fn storage_error(&self, source: sled::Error) -> SpoolError {
+        SpoolError::Storage {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Closes and reopens the sled database. Waits for readers to finish.
+    pub fn reopen(&self) -> Result<(), sled::Error> {
+        let mut guard = self.trees.write().expect("spool files lock");
+        // Every handle must be gone before sled lets go of its file lock.
+        drop(guard.take());
+        let mut attempt = 0;
+        let db = loop {
+            match sled::Config::new().path(&self.path).open() {
+                Ok(db) => break db,
+                Err(err) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::debug!(error = %err, attempt, "spool reopen retry");
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        *guard = Some(Trees::open(db)?);
+        Ok(())
+    }
+}
+
+impl Trees {
+    fn open(db: sled::Db) -> Result<Trees, sled::Error> {
+        Ok(Trees {
+            queue: db.open_tree("queue")?,
+            meta: db.open_tree("meta")?,
+            dead_letters: db.open_tree("dead_letters")?,
+            corrupt: db.open_tree("corrupt_blocks")?,
+            db,
+        })
+    }
 }
 
 /// The durable queue; cheap to clone, shared by the broker codec and the uplink.
@@ -91,7 +161,7 @@ pub struct Spool {
 
 struct Inner {
     path: PathBuf,
-    trees: Trees,
+    files: Arc<Files>,
     spool_id: String,
     submit: Mutex<Submitter>,
     durability: Arc<Durability>,
@@ -143,12 +213,7 @@ impl Spool {
             source => storage(source),
         };
         let db = sled::Config::new().path(dir).open().map_err(opening)?;
-        let trees = Trees {
-            queue: db.open_tree("queue").map_err(opening)?,
-            meta: db.open_tree("meta").map_err(opening)?,
-            dead_letters: db.open_tree("dead_letters").map_err(opening)?,
-            db,
-        };
+        let trees = Trees::open(db).map_err(opening)?;
 
         let spool_id = match trees.meta.get(SPOOL_ID).map_err(storage)? {
             Some(id) if id.len() == 16 => hex::encode(&id),
@@ -203,9 +268,13 @@ impl Spool {
         let durability = Arc::new(Durability::new(next_seq - 1));
         let (durable_tx, _) = watch::channel(next_seq - 1);
         let (tx, rx) = sync_channel(options.queue_capacity.max(1));
+        let files = Arc::new(Files {
+            path: dir.to_path_buf(),
+            trees: RwLock::new(Some(trees)),
+        });
         let inner = Arc::new(Inner {
             path: dir.to_path_buf(),
-            trees: trees.clone(),
+            files: files.clone(),
             spool_id,
             submit: Mutex::new(Submitter {
                 next_seq,
@@ -226,12 +295,13 @@ impl Spool {
             max_dead_letters: options.max_dead_letters,
         };
         let notify = Arc::downgrade(&inner);
+        let writer_files = files;
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
                 writer::run(
                     rx,
-                    trees,
+                    writer_files,
                     durability,
                     config,
                     metrics,
@@ -270,8 +340,10 @@ impl Spool {
         self.inner.durable_tx.subscribe()
     }
 
-    /// Up to `max_records` pending readings (and about `max_bytes`) with seq
-    /// > `after`, in seq order. Acknowledged readings are never returned.
+    /// Up to `max_records` pending readings (and about `max_bytes`) whose seq
+    /// is above `after`, in seq order. Acknowledged readings are never returned. A
+    /// block that no longer decodes is moved to the `corrupt_blocks` tree
+    /// (counted, logged) instead of stopping the uplink for good.
     pub fn read_after(
         &self,
         after: u64,
@@ -279,69 +351,73 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Envelope>, SpoolError> {
         let after = after.max(self.inner.acked_seq.load(Ordering::Acquire));
-        let queue = &self.inner.trees.queue;
-        let storage = |source| SpoolError::Storage {
-            path: self.inner.path.clone(),
-            source,
-        };
-        // The block holding `after + 1` starts at or before it.
-        let start = queue
-            .range(..=(after + 1).to_be_bytes())
-            .next_back()
-            .transpose()
-            .map_err(storage)?
-            .map_or([0; 8], |(key, _)| key.as_ref().try_into().unwrap_or([0; 8]));
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for entry in queue.range(start..) {
-            let (_, value) = entry.map_err(storage)?;
-            if block::header(&value).map_err(|e| self.corrupt(e))?.last_seq <= after {
-                continue;
-            }
-            for envelope in block::decode(&value).map_err(|e| self.corrupt(e))? {
-                if envelope.seq <= after {
-                    continue;
+        self.inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            // The block holding `after + 1` starts at or before it.
+            let start = trees
+                .queue
+                .range(..=(after + 1).to_be_bytes())
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map_or([0; 8], |(key, _)| key.as_ref().try_into().unwrap_or([0; 8]));
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for entry in trees.queue.range(start..) {
+                let (key, value) = entry.map_err(storage)?;
+                let envelopes =
+                    match block::header(&value).and_then(|h| Ok((h, block::decode(&value)?))) {
+                        Ok((header, _)) if header.last_seq <= after => continue,
+                        Ok((_, envelopes)) => envelopes,
+                        Err(err) => {
+                            self.set_aside(trees, &key, &value, &err)?;
+                            continue;
+                        }
+                    };
+                for envelope in envelopes {
+                    if envelope.seq <= after {
+                        continue;
+                    }
+                    bytes += envelope.approx_size();
+                    out.push(envelope);
+                    if out.len() >= max_records || bytes >= max_bytes {
+                        return Ok(out);
+                    }
                 }
-                bytes += envelope.approx_size();
-                out.push(envelope);
-                if out.len() >= max_records || bytes >= max_bytes {
-                    return Ok(out);
-                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+    }
+
+    /// Moves an undecodable block out of the queue, keeping its bytes.
+    fn set_aside(
+        &self,
+        trees: &Trees,
+        key: &[u8],
+        value: &[u8],
+        err: &BlockError,
+    ) -> Result<(), SpoolError> {
+        let first_seq = key.try_into().map(u64::from_be_bytes).unwrap_or_default();
+        tracing::error!(first_seq, error = %err, "spool block does not decode; moved to corrupt_blocks");
+        self.inner.metrics.corrupt_blocks.inc();
+        trees
+            .corrupt
+            .insert(key, value)
+            .map_err(|s| self.storage(s))?;
+        trees.queue.remove(key).map_err(|s| self.storage(s))?;
+        Ok(())
     }
 
     /// Records that the collector stored every reading with seq <= `upto`
     /// (`count` of them were pending), and deletes the blocks that are done.
+    /// If the write fails, the acknowledgement still counts in memory and
+    /// the next successful `ack` trims everything up to its own seq.
     pub fn ack(&self, upto: u64, count: u64) -> Result<(), SpoolError> {
         let inner = &self.inner;
-        let storage = |source| SpoolError::Storage {
-            path: inner.path.clone(),
-            source,
-        };
         let previous = inner.acked_seq.fetch_max(upto, Ordering::AcqRel);
         if previous >= upto {
             return Ok(());
         }
-        inner
-            .trees
-            .meta
-            .insert(ACKED_SEQ, &upto.to_be_bytes())
-            .map_err(storage)?;
-        let mut done = Vec::new();
-        for entry in inner.trees.queue.iter() {
-            let (key, value) = entry.map_err(storage)?;
-            if block::header(&value).map_err(|e| self.corrupt(e))?.last_seq > upto {
-                break;
-            }
-            done.push(key);
-        }
-        let mut batch = sled::Batch::default();
-        for key in done {
-            batch.remove(key);
-        }
-        inner.trees.queue.apply_batch(batch).map_err(storage)?;
         let _ = inner
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
@@ -349,51 +425,63 @@ impl Spool {
             });
         inner.metrics.records.dec_by(count as i64);
         inner.metrics.acked_seq.set(upto as i64);
-        Ok(())
+        inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            trees
+                .meta
+                .insert(ACKED_SEQ, &upto.to_be_bytes())
+                .map_err(storage)?;
+            let mut batch = sled::Batch::default();
+            for entry in trees.queue.iter() {
+                let (key, value) = entry.map_err(storage)?;
+                match block::header(&value) {
+                    Ok(header) if header.last_seq > upto => break,
+                    // A damaged header is dealt with by `read_after`.
+                    Ok(_) | Err(_) => batch.remove(key),
+                }
+            }
+            trees.queue.apply_batch(batch).map_err(storage)
+        })
     }
 
     /// Keeps readings the collector refused for good, with the reason.
     pub fn dead_letter(&self, envelopes: Vec<Envelope>, reason: &str) -> Result<(), SpoolError> {
-        let trees = &self.inner.trees;
-        let storage = |source| SpoolError::Storage {
-            path: self.inner.path.clone(),
-            source,
-        };
-        for envelope in envelopes {
-            let key = envelope.seq.to_be_bytes();
-            let letter = DeadLetter {
-                envelope,
-                reason: reason.to_string(),
-            };
-            let bytes = serde_cbor::to_vec(&letter).expect("dead letters always serialize");
-            trees.dead_letters.insert(key, bytes).map_err(storage)?;
-        }
-        writer::trim_dead_letters(trees, self.inner.max_dead_letters).map_err(storage)?;
-        trees.db.flush().map_err(storage)?;
-        self.inner
-            .metrics
-            .dead_letters
-            .set(trees.dead_letters.len() as i64);
-        Ok(())
+        self.inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            for envelope in envelopes {
+                let key = envelope.seq.to_be_bytes();
+                let letter = DeadLetter {
+                    envelope,
+                    reason: reason.to_string(),
+                };
+                let bytes = serde_cbor::to_vec(&letter).expect("dead letters always serialize");
+                trees.dead_letters.insert(key, bytes).map_err(storage)?;
+            }
+            writer::trim_dead_letters(trees, self.inner.max_dead_letters).map_err(storage)?;
+            trees.db.flush().map_err(storage)?;
+            self.inner
+                .metrics
+                .dead_letters
+                .set(trees.dead_letters.len() as i64);
+            Ok(())
+        })
     }
 
     /// Refused publishes kept for inspection, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, SpoolError> {
-        let storage = |source| SpoolError::Storage {
-            path: self.inner.path.clone(),
-            source,
-        };
-        let mut out = Vec::new();
-        for entry in self.inner.trees.dead_letters.iter() {
-            let (_, value) = entry.map_err(storage)?;
-            out.push(
-                serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
-                    path: self.inner.path.clone(),
-                    reason: format!("dead letter: {e}"),
-                })?,
-            );
-        }
-        Ok(out)
+        self.inner.files.with(|trees| {
+            let mut out = Vec::new();
+            for entry in trees.dead_letters.iter() {
+                let (_, value) = entry.map_err(|s| self.storage(s))?;
+                out.push(
+                    serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
+                        path: self.inner.path.clone(),
+                        reason: format!("dead letter: {e}"),
+                    })?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     /// Stops taking publishes, writes what is queued, flushes and stops the writer.
@@ -404,20 +492,14 @@ impl Spool {
             let _ = handle.join();
         }
         self.inner
-            .trees
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(|source| SpoolError::Storage {
-                path: self.inner.path.clone(),
-                source,
-            })
+            .files
+            .with(|trees| trees.db.flush().map(|_| ()).map_err(|s| self.storage(s)))
     }
 
-    fn corrupt(&self, err: BlockError) -> SpoolError {
-        SpoolError::Corrupt {
+    fn storage(&self, source: sled::Error) -> SpoolError {
+        SpoolError::Storage {
             path: self.inner.path.clone(),
-            reason: err.to_string(),
+            source,
         }
     }
 }

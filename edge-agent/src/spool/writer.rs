@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use broker::{Disposition, Incoming, SinkError};
 use serde_bytes::ByteBuf;
 use telemetry::Envelope;
-use tracing::error;
+use tracing::{error, info};
 
 use super::block::{self, DeadLetter};
-use super::store::Trees;
+use super::store::{Files, SpoolError, Trees};
 use crate::metrics::SpoolMetrics;
 
 /// How many failed groups are remembered to answer late waiters.
@@ -123,23 +123,40 @@ pub(super) struct WriterConfig {
     pub max_dead_letters: u64,
 }
 
+/// How long the writer waits between attempts to reopen failed storage;
+/// groups that arrive meanwhile fail at once, so devices are not kept waiting.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs until every sender is gone and the queue is drained.
 pub(super) fn run(
     rx: Receiver<Item>,
-    trees: Trees,
+    files: Arc<Files>,
     durability: Arc<Durability>,
     config: WriterConfig,
     metrics: SpoolMetrics,
     on_durable: impl Fn(u64, usize),
 ) {
     let mut group = Vec::with_capacity(config.max_block_records);
+    // When the last write failed: sled refuses all writes after an I/O error
+    // until it is reopened, which is retried every REOPEN_INTERVAL.
+    let mut broken: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         group.push(first);
         gather(&rx, &mut group, &config);
         let first_seq = group[0].seq;
         let last_seq = group[group.len() - 1].seq;
         let started = Instant::now();
-        match write_group(&trees, &mut group, &config, &metrics) {
+        let written = match recover(&files, &mut broken) {
+            Ok(()) => files.with(|trees| {
+                write_group(trees, &mut group, &config, &metrics)
+                    .map_err(|e| files.storage_error(e))
+            }),
+            Err(err) => Err(err),
+        };
+        if written.is_err() && broken.is_none() {
+            broken = Some(Instant::now());
+        }
+        match written {
             Ok(readings) => {
                 metrics
                     .flush_seconds
@@ -156,6 +173,29 @@ pub(super) fn run(
             }
         }
         group.clear();
+    }
+}
+
+/// After a failed write, reopens the files at most once per interval.
+fn recover(files: &Files, broken: &mut Option<Instant>) -> Result<(), SpoolError> {
+    let Some(since) = *broken else {
+        return Ok(());
+    };
+    if since.elapsed() < REOPEN_INTERVAL {
+        return Err(files.storage_error(sled::Error::Unsupported(
+            "spool storage failed; waiting to reopen it".into(),
+        )));
+    }
+    match files.reopen() {
+        Ok(()) => {
+            *broken = None;
+            info!("spool storage reopened; accepting writes again");
+            Ok(())
+        }
+        Err(err) => {
+            *broken = Some(Instant::now());
+            Err(files.storage_error(err))
+        }
     }
 }
 
