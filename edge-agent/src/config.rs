@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::spool::SpoolOptions;
+use crate::spool::{FullPolicy, SpoolOptions};
 
 /// The commented default configuration printed by `edge-agent config init`.
 pub const DEFAULT_TOML: &str = r#"# edge-agent configuration. Every setting is optional; shown are the defaults.
@@ -43,6 +43,14 @@ flush_interval = "2ms"
 max_block_records = 1000
 # Refused publishes kept for inspection.
 max_dead_letters = 10000
+# Most bytes of readings kept on disk; past it, full_policy applies.
+max_bytes = 1073741824
+# Readings older than this are dropped, sent or not.
+max_age = "7days"
+# "drop-oldest": delete the oldest readings to make room (counted in
+# edge_spool_dropped_total{reason="full"}); "reject-new": stop acknowledging
+# QoS 1 publishes, so devices keep their readings and resend them later.
+full_policy = "drop-oldest"
 
 [uplink]
 # Base URL of the cloud-sync collector.
@@ -106,6 +114,9 @@ pub struct SpoolSection {
     pub flush_interval: Option<String>,
     pub max_block_records: Option<usize>,
     pub max_dead_letters: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_age: Option<String>,
+    pub full_policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,7 +215,15 @@ impl FileConfig {
         }
 
         let spool_defaults = SpoolOptions::default();
+        let full_policy = match self.spool.full_policy.as_deref().unwrap_or("drop-oldest") {
+            "drop-oldest" => FullPolicy::DropOldest,
+            "reject-new" => FullPolicy::RejectNew,
+            other => bail!("spool.full_policy must be drop-oldest or reject-new, not {other:?}"),
+        };
         let spool = SpoolOptions {
+            max_bytes: self.spool.max_bytes.unwrap_or(spool_defaults.max_bytes),
+            max_age: duration("spool.max_age", self.spool.max_age, spool_defaults.max_age)?,
+            full_policy,
             flush_interval: duration(
                 "spool.flush_interval",
                 self.spool.flush_interval,
@@ -220,6 +239,9 @@ impl FileConfig {
                 .unwrap_or(spool_defaults.max_dead_letters),
             ..spool_defaults
         };
+        if spool.max_bytes < 64 * 1024 {
+            bail!("spool.max_bytes must be at least 65536");
+        }
         if spool.max_block_records == 0 {
             bail!("spool.max_block_records must be at least 1");
         }
@@ -344,6 +366,10 @@ mod tests {
         assert_eq!(config.uplink.compression, Compression::Zstd);
         assert_eq!(config.admin_listen, "127.0.0.1:8481".parse().unwrap());
         assert_eq!(config.spool_dir, PathBuf::from("edge-spool"));
+        let defaults = SpoolOptions::default();
+        assert_eq!(config.spool.max_bytes, defaults.max_bytes);
+        assert_eq!(config.spool.max_age, defaults.max_age);
+        assert_eq!(config.spool.full_policy, FullPolicy::DropOldest);
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub struct SpoolMetrics {
     pub flush_seconds: Histogram,
     /// Readings per group commit.
     pub group_commit_records: Histogram,
+    /// Bytes of stored blocks.
+    pub bytes: Gauge,
+    /// Readings deleted before the collector had them, by reason (`full`, `expired`).
+    pub dropped: Family<broker::ReasonLabel, Counter>,
+    /// Readings refused because the spool was full (policy reject-new).
+    pub rejected_full: Counter,
     /// Spools found corrupt at start and moved aside.
     pub quarantined: Counter,
     /// Stored blocks that no longer decode, moved out of the queue.
@@ -41,6 +47,9 @@ impl Default for SpoolMetrics {
             write_errors: Counter::default(),
             flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             group_commit_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            bytes: Gauge::default(),
+            dropped: Family::default(),
+            rejected_full: Counter::default(),
             quarantined: Counter::default(),
             corrupt_blocks: Counter::default(),
         }
@@ -122,6 +131,21 @@ pub fn registry(
         "edge_spool_group_commit_records",
         "Readings per group commit",
         spool.group_commit_records.clone(),
+    );
+    registry.register(
+        "edge_spool_bytes",
+        "Bytes of stored blocks",
+        spool.bytes.clone(),
+    );
+    registry.register(
+        "edge_spool_dropped",
+        "Readings deleted before the collector had them, by reason",
+        spool.dropped.clone(),
+    );
+    registry.register(
+        "edge_spool_rejected_full",
+        "Readings refused because the spool was full (reject-new)",
+        spool.rejected_full.clone(),
     );
     registry.register(
         "edge_spool_quarantined",

@@ -40,12 +40,19 @@ impl Drop for Tmpfs {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn put(spool: &Spool, i: u64) -> bool {
     let ticket = spool
         .submit(Incoming {
             device_id: "d".into(),
             topic: "devices/d/telemetry".into(),
-            received_at: i,
+            received_at: now_ms() + i % 1000,
             payload: vec![0xa0; 100].into(),
             qos: 1,
             disposition: Disposition::Reading,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use broker::{Disposition, Incoming, IngestSink, Ticket};
 use edge_agent::metrics::SpoolMetrics;
-use edge_agent::spool::{Spool, SpoolOptions};
+use edge_agent::spool::{FullPolicy, Spool, SpoolOptions};
 use proptest::prelude::*;
 
 fn open(dir: &Path) -> Spool {
@@ -19,11 +19,18 @@ fn incoming(device: &str, payload: &[u8], disposition: Disposition) -> Incoming 
     Incoming {
         device_id: device.to_string(),
         topic: format!("devices/{device}/telemetry"),
-        received_at: 1_700_000_000_000,
+        received_at: now_ms(),
         payload: payload.to_vec().into(),
         qos: 1,
         disposition,
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 fn submit(spool: &Spool, device: &str, payload: &[u8]) -> Ticket {
@@ -273,4 +280,106 @@ fn a_healthy_spool_is_not_quarantined() {
     )
     .unwrap();
     assert_eq!(aside, None);
+}
+
+fn bounded(dir: &Path, max_bytes: u64, policy: FullPolicy) -> (Spool, SpoolMetrics) {
+    let metrics = SpoolMetrics::default();
+    let options = SpoolOptions {
+        max_bytes,
+        full_policy: policy,
+        // One reading per block, so that the bound bites block by block.
+        max_block_records: 1,
+        ..SpoolOptions::default()
+    };
+    (Spool::open(dir, options, metrics.clone()).unwrap(), metrics)
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_readings_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, metrics) = bounded(dir.path(), 20_000, FullPolicy::DropOldest);
+    let payload = [0u8; 200];
+    for i in 0..400u16 {
+        let mut p = payload;
+        p[..2].copy_from_slice(&i.to_be_bytes());
+        let ticket = submit(&spool, "d", &p);
+        wait(&spool, ticket);
+    }
+    let stats = spool.stats();
+    assert!(stats.bytes <= 20_000, "{stats:?}");
+    let kept = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    assert!(!kept.is_empty() && kept.len() < 400);
+    assert_eq!(stats.pending, kept.len() as u64);
+    let newest = &kept.last().unwrap().payload;
+    assert_eq!(
+        &newest[..2],
+        &399u16.to_be_bytes(),
+        "the newest reading is kept"
+    );
+    let dropped = metrics
+        .dropped
+        .get_or_create(&broker::ReasonLabel { reason: "full" })
+        .get();
+    assert_eq!(
+        dropped + kept.len() as u64,
+        400,
+        "every reading is kept or counted as dropped"
+    );
+}
+
+#[test]
+fn a_full_spool_with_reject_new_withholds_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, metrics) = bounded(dir.path(), 70_000, FullPolicy::RejectNew);
+    let mut refused = None;
+    for i in 0..2000u32 {
+        let ticket = submit(&spool, "d", &[0u8; 200]);
+        if let Err(err) = spool.wait_durable(ticket, Duration::from_secs(10)) {
+            refused = Some((i, err));
+            break;
+        }
+    }
+    let (at, err) = refused.expect("the spool filled up");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert_eq!(
+        spool.stats().pending,
+        u64::from(at),
+        "nothing old was dropped"
+    );
+    assert!(metrics.rejected_full.get() >= 1);
+    // Once the uplink has sent the backlog, there is room again.
+    let all = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    spool
+        .ack(all.last().unwrap().seq, all.len() as u64)
+        .unwrap();
+    let ticket = submit(&spool, "d", &[1u8; 200]);
+    wait(&spool, ticket);
+}
+
+#[test]
+fn readings_older_than_max_age_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = SpoolMetrics::default();
+    let options = SpoolOptions {
+        max_age: Duration::from_secs(3600),
+        ..SpoolOptions::default()
+    };
+    let spool = Spool::open(dir.path(), options, metrics.clone()).unwrap();
+    let mut old = incoming("d", b"old", Disposition::Reading);
+    old.received_at = now_ms() - 2 * 3600 * 1000;
+    wait(&spool, spool.submit(old).unwrap());
+    wait(&spool, submit(&spool, "d", b"new"));
+    let expired = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        spool.stats().pending == 1
+    });
+    assert!(expired, "{:?}", spool.stats());
+    let left = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].payload.as_ref(), b"new");
+    let counted = metrics
+        .dropped
+        .get_or_create(&broker::ReasonLabel { reason: "expired" })
+        .get();
+    assert_eq!(counted, 1);
 }

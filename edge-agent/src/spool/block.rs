@@ -1,19 +1,20 @@
 //! Encoding of one group commit's readings as a single sled value.
 //!
 //! ```text
-//! byte 0      format version (1)
-//! bytes 1..5  record count (u32 BE)
-//! bytes 5..13 last seq in the block (u64 BE)
-//! bytes 13..  CBOR array of telemetry::Envelope, in seq order
+//! byte 0       format version (1)
+//! bytes 1..5   record count (u32 BE)
+//! bytes 5..13  last seq in the block (u64 BE)
+//! bytes 13..21 received_at of the first reading (u64 BE, ms since the epoch)
+//! bytes 21..   CBOR array of telemetry::Envelope, in seq order
 //! ```
 //!
-//! The header lets the spool count and trim blocks without decoding them.
+//! The header lets the spool count, age and trim blocks without decoding them.
 
 use serde::{Deserialize, Serialize};
 use telemetry::Envelope;
 
 const VERSION: u8 = 1;
-const HEADER_LEN: usize = 13;
+const HEADER_LEN: usize = 21;
 
 /// Why a stored block cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +27,13 @@ pub enum BlockError {
     Body(#[from] serde_cbor::Error),
 }
 
-/// Count and last seq of a block, read from its header alone.
+/// What a block's header says, read without decoding the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockHeader {
     pub count: u32,
     pub last_seq: u64,
+    /// Arrival of the block's oldest reading, ms since the epoch.
+    pub first_received_at: u64,
 }
 
 pub fn encode(envelopes: &[Envelope]) -> Vec<u8> {
@@ -40,6 +43,8 @@ pub fn encode(envelopes: &[Envelope]) -> Vec<u8> {
     out.extend_from_slice(&(envelopes.len() as u32).to_be_bytes());
     let last = envelopes.last().map_or(0, |e| e.seq);
     out.extend_from_slice(&last.to_be_bytes());
+    let first_received_at = envelopes.first().map_or(0, |e| e.received_at);
+    out.extend_from_slice(&first_received_at.to_be_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -53,7 +58,12 @@ pub fn header(bytes: &[u8]) -> Result<BlockHeader, BlockError> {
     }
     let count = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
     let last_seq = u64::from_be_bytes(bytes[5..13].try_into().expect("8 bytes"));
-    Ok(BlockHeader { count, last_seq })
+    let first_received_at = u64::from_be_bytes(bytes[13..21].try_into().expect("8 bytes"));
+    Ok(BlockHeader {
+        count,
+        last_seq,
+        first_received_at,
+    })
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Vec<Envelope>, BlockError> {
@@ -78,7 +88,7 @@ mod tests {
             seq,
             device_id: "d".into(),
             topic: "devices/d/telemetry".into(),
-            received_at: 1,
+            received_at: 1000 + seq,
             payload: ByteBuf::from(vec![0xa0]),
         }
     }
@@ -91,7 +101,8 @@ mod tests {
             header(&bytes).unwrap(),
             BlockHeader {
                 count: 4,
-                last_seq: 8
+                last_seq: 8,
+                first_received_at: 1005
             }
         );
         assert_eq!(decode(&bytes).unwrap(), envelopes);

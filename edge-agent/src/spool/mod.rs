@@ -24,4 +24,4 @@ mod writer;
 
 pub use block::DeadLetter;
 pub use quarantine::open_or_quarantine;
-pub use store::{Spool, SpoolError, SpoolOptions, SpoolStats};
+pub use store::{FullPolicy, Spool, SpoolError, SpoolOptions, SpoolStats};

@@ -31,6 +31,21 @@ pub struct SpoolOptions {
     pub queue_capacity: usize,
     /// Refused publishes kept for inspection; the oldest go first (default 10,000).
     pub max_dead_letters: u64,
+    /// Most bytes of readings kept (default 1 GiB); past it `full_policy` applies.
+    pub max_bytes: u64,
+    /// Readings older than this are dropped, sent or not (default 7 days).
+    pub max_age: Duration,
+    /// What a full spool does with new readings (default drop-oldest).
+    pub full_policy: FullPolicy,
+}
+
+/// What happens when a reading does not fit in `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Delete the oldest readings to make room; every drop is counted.
+    DropOldest,
+    /// Refuse the new readings: no PUBACK, so QoS 1 devices keep and resend them.
+    RejectNew,
 }
 
 impl Default for SpoolOptions {
@@ -40,6 +55,9 @@ impl Default for SpoolOptions {
             max_block_records: 1000,
             queue_capacity: 20_000,
             max_dead_letters: 10_000,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            full_policy: FullPolicy::DropOldest,
         }
     }
 }
@@ -72,6 +90,8 @@ pub struct SpoolStats {
     pub acked_seq: u64,
     /// Highest seq written durably.
     pub durable_seq: u64,
+    /// Bytes of stored blocks.
+    pub bytes: u64,
 }
 
 /// sled handles the writer needs.
@@ -83,6 +103,36 @@ pub(super) struct Trees {
     pub dead_letters: sled::Tree,
     /// Blocks that stopped decoding, kept for `spool recover` and forensics.
     pub corrupt: sled::Tree,
+}
+
+/// Counts shared by the spool handle and its writer thread.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    /// Every seq <= this was acknowledged by the collector.
+    pub acked_seq: AtomicU64,
+    /// Readings stored with a seq above `acked_seq`. Approximate only when
+    /// a full spool drops a block the uplink is sending at that moment.
+    pub pending: AtomicU64,
+    /// Bytes of the blocks in the queue.
+    pub bytes: AtomicU64,
+}
+
+impl Counters {
+    pub fn sub_pending(&self, n: u64) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            });
+    }
+
+    pub fn sub_bytes(&self, n: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
 }
 
 /// The sled files, which the writer reopens after a failed write: sled keeps
@@ -165,9 +215,7 @@ struct Inner {
     spool_id: String,
     submit: Mutex<Submitter>,
     durability: Arc<Durability>,
-    acked_seq: AtomicU64,
-    /// Readings stored with a seq above `acked_seq`.
-    pending: AtomicU64,
+    counters: Arc<Counters>,
     /// Last durable reading seq, for the uplink to wait on.
     durable_tx: watch::Sender<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -238,8 +286,10 @@ impl Spool {
         let acked_seq = read_u64(ACKED_SEQ)?;
         let mut next_seq = read_u64(NEXT_SEQ)?.max(acked_seq + 1).max(1);
         let mut pending = 0u64;
+        let mut bytes = 0u64;
         for entry in trees.queue.iter() {
             let (key, value) = entry.map_err(storage)?;
+            bytes += value.len() as u64;
             let header = block::header(&value).map_err(|e| corrupt(e.to_string()))?;
             next_seq = next_seq.max(header.last_seq + 1);
             if header.last_seq <= acked_seq {
@@ -268,6 +318,12 @@ impl Spool {
         let durability = Arc::new(Durability::new(next_seq - 1));
         let (durable_tx, _) = watch::channel(next_seq - 1);
         let (tx, rx) = sync_channel(options.queue_capacity.max(1));
+        let counters = Arc::new(Counters {
+            acked_seq: AtomicU64::new(acked_seq),
+            pending: AtomicU64::new(pending),
+            bytes: AtomicU64::new(bytes),
+        });
+        metrics.bytes.set(bytes as i64);
         let files = Arc::new(Files {
             path: dir.to_path_buf(),
             trees: RwLock::new(Some(trees)),
@@ -281,8 +337,7 @@ impl Spool {
                 tx: Some(tx),
             }),
             durability: durability.clone(),
-            acked_seq: AtomicU64::new(acked_seq),
-            pending: AtomicU64::new(pending),
+            counters: counters.clone(),
             durable_tx,
             writer: Mutex::new(None),
             metrics: metrics.clone(),
@@ -293,21 +348,29 @@ impl Spool {
             flush_interval: options.flush_interval,
             max_block_records: options.max_block_records.max(1),
             max_dead_letters: options.max_dead_letters,
+            max_bytes: options.max_bytes,
+            max_age: options.max_age,
+            full_policy: options.full_policy,
         };
         let notify = Arc::downgrade(&inner);
         let writer_files = files;
+        let writer_counters = counters;
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
                 writer::run(
                     rx,
                     writer_files,
+                    writer_counters,
                     durability,
                     config,
                     metrics,
                     |last_seq, readings| {
                         if let Some(inner) = notify.upgrade() {
-                            inner.pending.fetch_add(readings as u64, Ordering::AcqRel);
+                            inner
+                                .counters
+                                .pending
+                                .fetch_add(readings as u64, Ordering::AcqRel);
                             inner.durable_tx.send_replace(last_seq);
                         }
                     },
@@ -329,8 +392,9 @@ impl Spool {
 
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
-            pending: self.inner.pending.load(Ordering::Acquire),
-            acked_seq: self.inner.acked_seq.load(Ordering::Acquire),
+            pending: self.inner.counters.pending.load(Ordering::Acquire),
+            acked_seq: self.inner.counters.acked_seq.load(Ordering::Acquire),
+            bytes: self.inner.counters.bytes.load(Ordering::Acquire),
             durable_seq: self.inner.durability.processed(),
         }
     }
@@ -350,7 +414,7 @@ impl Spool {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Envelope>, SpoolError> {
-        let after = after.max(self.inner.acked_seq.load(Ordering::Acquire));
+        let after = after.max(self.inner.counters.acked_seq.load(Ordering::Acquire));
         self.inner.files.with(|trees| {
             let storage = |source| self.storage(source);
             // The block holding `after + 1` starts at or before it.
@@ -414,15 +478,12 @@ impl Spool {
     /// the next successful `ack` trims everything up to its own seq.
     pub fn ack(&self, upto: u64, count: u64) -> Result<(), SpoolError> {
         let inner = &self.inner;
-        let previous = inner.acked_seq.fetch_max(upto, Ordering::AcqRel);
+        let counters = &inner.counters;
+        let previous = counters.acked_seq.fetch_max(upto, Ordering::AcqRel);
         if previous >= upto {
             return Ok(());
         }
-        let _ = inner
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(count))
-            });
+        counters.sub_pending(count);
         inner.metrics.records.dec_by(count as i64);
         inner.metrics.acked_seq.set(upto as i64);
         inner.files.with(|trees| {
@@ -431,16 +492,27 @@ impl Spool {
                 .meta
                 .insert(ACKED_SEQ, &upto.to_be_bytes())
                 .map_err(storage)?;
-            let mut batch = sled::Batch::default();
+            let mut freed = 0;
             for entry in trees.queue.iter() {
                 let (key, value) = entry.map_err(storage)?;
                 match block::header(&value) {
                     Ok(header) if header.last_seq > upto => break,
                     // A damaged header is dealt with by `read_after`.
-                    Ok(_) | Err(_) => batch.remove(key),
+                    Ok(_) | Err(_) => {
+                        // Count only what this call removed: the writer may
+                        // have dropped the block already.
+                        if trees.queue.remove(&key).map_err(storage)?.is_some() {
+                            freed += value.len() as u64;
+                        }
+                    }
                 }
             }
-            trees.queue.apply_batch(batch).map_err(storage)
+            counters.sub_bytes(freed);
+            inner
+                .metrics
+                .bytes
+                .set(counters.bytes.load(Ordering::Acquire) as i64);
+            Ok(())
         })
     }
 

@@ -18,13 +18,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use broker::ReasonLabel;
 use broker::{Disposition, Incoming, SinkError};
 use serde_bytes::ByteBuf;
 use telemetry::Envelope;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use super::block::BlockHeader;
 use super::block::{self, DeadLetter};
-use super::store::{Files, SpoolError, Trees};
+use super::store::{Counters, Files, FullPolicy, SpoolError, Trees};
 use crate::metrics::SpoolMetrics;
 
 /// How many failed groups are remembered to answer late waiters.
@@ -121,6 +123,52 @@ pub(super) struct WriterConfig {
     pub flush_interval: Duration,
     pub max_block_records: usize,
     pub max_dead_letters: u64,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub full_policy: FullPolicy,
+}
+
+/// How often the writer looks for expired blocks, and at most how often it
+/// logs dropped readings.
+const TICK: Duration = Duration::from_secs(1);
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a group was not written.
+enum WriteError {
+    Storage(sled::Error),
+    /// The spool is at `max_bytes` and the policy is reject-new.
+    Full,
+}
+
+impl From<sled::Error> for WriteError {
+    fn from(err: sled::Error) -> Self {
+        WriteError::Storage(err)
+    }
+}
+
+/// Rate limit for the WARN line about dropped readings.
+#[derive(Default)]
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    fn dropped(&mut self, reason: &'static str, readings: u64) {
+        self.suppressed += readings;
+        if self
+            .last
+            .is_none_or(|last| last.elapsed() >= DROP_LOG_INTERVAL)
+        {
+            warn!(
+                reason,
+                readings = self.suppressed,
+                "spool dropped readings (logged every 10 s at most)"
+            );
+            self.last = Some(Instant::now());
+            self.suppressed = 0;
+        }
+    }
 }
 
 /// How long the writer waits between attempts to reopen failed storage;
@@ -131,6 +179,7 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) fn run(
     rx: Receiver<Item>,
     files: Arc<Files>,
+    counters: Arc<Counters>,
     durability: Arc<Durability>,
     config: WriterConfig,
     metrics: SpoolMetrics,
@@ -140,22 +189,37 @@ pub(super) fn run(
     // When the last write failed: sled refuses all writes after an I/O error
     // until it is reopened, which is retried every REOPEN_INTERVAL.
     let mut broken: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
+    let mut drops = DropLog::default();
+    let mut last_expiry = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(TICK) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                expire(&files, &counters, &config, &metrics, &mut drops);
+                last_expiry = Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         group.push(first);
         gather(&rx, &mut group, &config);
         let first_seq = group[0].seq;
         let last_seq = group[group.len() - 1].seq;
         let started = Instant::now();
         let written = match recover(&files, &mut broken) {
-            Ok(()) => files.with(|trees| {
-                write_group(trees, &mut group, &config, &metrics)
-                    .map_err(|e| files.storage_error(e))
-            }),
-            Err(err) => Err(err),
+            Ok(()) => files
+                .with(|trees| {
+                    Ok(write_group(
+                        trees, &counters, &mut group, &config, &metrics, &mut drops,
+                    ))
+                })
+                .unwrap_or_else(|e| {
+                    Err(WriteError::Storage(sled::Error::Unsupported(e.to_string())))
+                }),
+            Err(err) => Err(WriteError::Storage(sled::Error::Unsupported(
+                err.to_string(),
+            ))),
         };
-        if written.is_err() && broken.is_none() {
-            broken = Some(Instant::now());
-        }
         match written {
             Ok(readings) => {
                 metrics
@@ -166,14 +230,111 @@ pub(super) fn run(
                 on_durable(last_seq, readings);
                 durability.complete(last_seq, None);
             }
-            Err(err) => {
+            Err(WriteError::Full) => {
+                metrics.rejected_full.inc_by(group.len() as u64);
+                drops.dropped("full, reject-new: not acknowledged", group.len() as u64);
+                durability.complete(
+                    last_seq,
+                    Some((first_seq, "spool is full (policy reject-new)".into())),
+                );
+            }
+            Err(WriteError::Storage(err)) => {
+                if broken.is_none() {
+                    broken = Some(Instant::now());
+                }
                 metrics.write_errors.inc();
                 error!(error = %err, first_seq, last_seq, "spool write failed; acknowledgements withheld");
                 durability.complete(last_seq, Some((first_seq, err.to_string())));
             }
         }
         group.clear();
+        if last_expiry.elapsed() >= TICK {
+            expire(&files, &counters, &config, &metrics, &mut drops);
+            last_expiry = Instant::now();
+        }
     }
+}
+
+/// Readings of a block not yet acknowledged (approximate inside the block
+/// the acknowledgement stopped in, where refused publishes leave seq gaps).
+fn unacked(first_seq: u64, header: &BlockHeader, acked_seq: u64) -> u64 {
+    if header.last_seq <= acked_seq {
+        0
+    } else if first_seq > acked_seq {
+        u64::from(header.count)
+    } else {
+        (header.last_seq - acked_seq).min(u64::from(header.count))
+    }
+}
+
+/// Deletes the oldest block; returns its unacknowledged readings, or None if the queue is empty.
+fn drop_oldest_block(trees: &Trees, counters: &Counters) -> Result<Option<u64>, sled::Error> {
+    let Some((key, value)) = trees.queue.pop_min()? else {
+        return Ok(None);
+    };
+    counters.sub_bytes(value.len() as u64);
+    let first_seq = key
+        .as_ref()
+        .try_into()
+        .map(u64::from_be_bytes)
+        .unwrap_or_default();
+    let lost = match block::header(&value) {
+        Ok(header) => unacked(
+            first_seq,
+            &header,
+            counters.acked_seq.load(Ordering::Acquire),
+        ),
+        Err(_) => 0,
+    };
+    counters.sub_pending(lost);
+    Ok(Some(lost))
+}
+
+/// Drops blocks whose oldest reading is older than `max_age`.
+fn expire(
+    files: &Files,
+    counters: &Counters,
+    config: &WriterConfig,
+    metrics: &SpoolMetrics,
+    drops: &mut DropLog,
+) {
+    let cutoff = now_ms().saturating_sub(config.max_age.as_millis() as u64);
+    let result = files.with(|trees| {
+        let mut lost = 0;
+        while let Some((_, value)) = trees.queue.first().map_err(|e| files.storage_error(e))? {
+            match block::header(&value) {
+                Ok(header) if header.first_received_at >= cutoff => break,
+                _ => {
+                    match drop_oldest_block(trees, counters).map_err(|e| files.storage_error(e))? {
+                        Some(n) => lost += n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(lost)
+    });
+    match result {
+        Ok(0) => {}
+        Ok(lost) => {
+            metrics
+                .dropped
+                .get_or_create(&ReasonLabel { reason: "expired" })
+                .inc_by(lost);
+            metrics.records.dec_by(lost as i64);
+            metrics
+                .bytes
+                .set(counters.bytes.load(Ordering::Acquire) as i64);
+            drops.dropped("expired", lost);
+        }
+        Err(err) => warn!(error = %err, "spool expiry failed; will retry"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// After a failed write, reopens the files at most once per interval.
@@ -224,10 +385,12 @@ fn gather(rx: &Receiver<Item>, group: &mut Vec<Item>, config: &WriterConfig) {
 /// Returns the number of readings written.
 fn write_group(
     trees: &Trees,
+    counters: &Counters,
     group: &mut [Item],
     config: &WriterConfig,
     metrics: &SpoolMetrics,
-) -> Result<usize, sled::Error> {
+    drops: &mut DropLog,
+) -> Result<usize, WriteError> {
     let mut readings = Vec::with_capacity(group.len());
     let mut dead = Vec::new();
     for item in group.iter_mut() {
@@ -250,8 +413,14 @@ fn write_group(
     let last_seq = group.last().map_or(0, |item| item.seq);
     if let Some(first) = readings.first() {
         let bytes = block::encode(&readings);
-        metrics.bytes_written.inc_by(bytes.len() as u64);
+        let size = bytes.len() as u64;
+        make_room(trees, counters, size, config, metrics, drops)?;
+        metrics.bytes_written.inc_by(size);
         trees.queue.insert(first.seq.to_be_bytes(), bytes)?;
+        counters.bytes.fetch_add(size, Ordering::AcqRel);
+        metrics
+            .bytes
+            .set(counters.bytes.load(Ordering::Acquire) as i64);
     }
     for letter in &dead {
         let bytes = serde_cbor::to_vec(letter).expect("dead letters always serialize");
@@ -269,6 +438,41 @@ fn write_group(
     metrics.records.inc_by(readings.len() as i64);
     metrics.dead_letters.set(trees.dead_letters.len() as i64);
     Ok(readings.len())
+}
+
+/// Applies the full policy when a block of `size` bytes would pass `max_bytes`.
+fn make_room(
+    trees: &Trees,
+    counters: &Counters,
+    size: u64,
+    config: &WriterConfig,
+    metrics: &SpoolMetrics,
+    drops: &mut DropLog,
+) -> Result<(), WriteError> {
+    let fits =
+        |counters: &Counters| counters.bytes.load(Ordering::Acquire) + size <= config.max_bytes;
+    if fits(counters) {
+        return Ok(());
+    }
+    if config.full_policy == FullPolicy::RejectNew {
+        return Err(WriteError::Full);
+    }
+    let mut lost = 0;
+    while !fits(counters) {
+        match drop_oldest_block(trees, counters)? {
+            Some(n) => lost += n,
+            None => break,
+        }
+    }
+    if lost > 0 {
+        metrics
+            .dropped
+            .get_or_create(&ReasonLabel { reason: "full" })
+            .inc_by(lost);
+        metrics.records.dec_by(lost as i64);
+        drops.dropped("full, drop-oldest", lost);
+    }
+    Ok(())
 }
 
 /// Keeps the dead-letter tree at `max` entries, dropping the oldest.
