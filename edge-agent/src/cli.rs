@@ -23,6 +23,20 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work on the spool files offline (stop the agent first).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Copy every readable reading of a quarantined spool into the live spool.
+    Recover {
+        /// The quarantined spool, e.g. edge-spool.quarantine-1795900000.
+        path: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +102,33 @@ fn overlay<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
     if value.is_some() {
         target.clone_from(value);
     }
+}
+
+/// `spool recover`: salvages `path` into the configured live spool.
+pub fn recover(path: &std::path::Path, args: &RunArgs) -> anyhow::Result<()> {
+    let (dir, options) = args.load()?.spool.validate()?;
+    if !path.exists() {
+        anyhow::bail!("{} does not exist", path.display());
+    }
+    let live = crate::spool::Spool::open(&dir, options, crate::metrics::SpoolMetrics::default())
+        .with_context(|| {
+            format!(
+                "cannot open the live spool at {} (is the agent still running? stop it first)",
+                dir.display()
+            )
+        })?;
+    let salvage = crate::spool::salvage(path, &live)?;
+    live.close()?;
+    println!(
+        "salvaged {} readings from {} blocks of {} into {} ({} unreadable, {} already delivered and skipped)",
+        salvage.readings,
+        salvage.blocks,
+        path.display(),
+        dir.display(),
+        salvage.unreadable,
+        salvage.delivered
+    );
+    Ok(())
 }
 
 /// Prints the default configuration.

@@ -214,37 +214,7 @@ impl FileConfig {
             bail!("mqtt.connect_timeout must be at most 65s");
         }
 
-        let spool_defaults = SpoolOptions::default();
-        let full_policy = match self.spool.full_policy.as_deref().unwrap_or("drop-oldest") {
-            "drop-oldest" => FullPolicy::DropOldest,
-            "reject-new" => FullPolicy::RejectNew,
-            other => bail!("spool.full_policy must be drop-oldest or reject-new, not {other:?}"),
-        };
-        let spool = SpoolOptions {
-            max_bytes: self.spool.max_bytes.unwrap_or(spool_defaults.max_bytes),
-            max_age: duration("spool.max_age", self.spool.max_age, spool_defaults.max_age)?,
-            full_policy,
-            flush_interval: duration(
-                "spool.flush_interval",
-                self.spool.flush_interval,
-                spool_defaults.flush_interval,
-            )?,
-            max_block_records: self
-                .spool
-                .max_block_records
-                .unwrap_or(spool_defaults.max_block_records),
-            max_dead_letters: self
-                .spool
-                .max_dead_letters
-                .unwrap_or(spool_defaults.max_dead_letters),
-            ..spool_defaults
-        };
-        if spool.max_bytes < 64 * 1024 {
-            bail!("spool.max_bytes must be at least 65536");
-        }
-        if spool.max_block_records == 0 {
-            bail!("spool.max_block_records must be at least 1");
-        }
+        let (spool_dir, spool) = self.spool.validate()?;
 
         let up = self.uplink;
         let url = up.url.unwrap_or_else(|| "http://127.0.0.1:8480".into());
@@ -297,10 +267,7 @@ impl FileConfig {
         Ok(Config {
             gateway_id,
             mqtt,
-            spool_dir: self
-                .spool
-                .dir
-                .unwrap_or_else(|| PathBuf::from("edge-spool")),
+            spool_dir,
             spool,
             uplink,
             admin_listen: addr(
@@ -309,6 +276,52 @@ impl FileConfig {
                 SocketAddr::from(([127, 0, 0, 1], 8481)),
             )?,
         })
+    }
+}
+
+impl SpoolSection {
+    /// The spool directory and options; used by `run` and by the offline
+    /// `spool` commands, which need no uplink settings.
+    pub fn validate(&self) -> anyhow::Result<(PathBuf, SpoolOptions)> {
+        let spool_defaults = SpoolOptions::default();
+        let full_policy = match self.full_policy.as_deref().unwrap_or("drop-oldest") {
+            "drop-oldest" => FullPolicy::DropOldest,
+            "reject-new" => FullPolicy::RejectNew,
+            other => bail!("spool.full_policy must be drop-oldest or reject-new, not {other:?}"),
+        };
+        let spool = SpoolOptions {
+            max_bytes: self.max_bytes.unwrap_or(spool_defaults.max_bytes),
+            max_age: duration(
+                "spool.max_age",
+                self.max_age.clone(),
+                spool_defaults.max_age,
+            )?,
+            full_policy,
+            flush_interval: duration(
+                "spool.flush_interval",
+                self.flush_interval.clone(),
+                spool_defaults.flush_interval,
+            )?,
+            max_block_records: self
+                .max_block_records
+                .unwrap_or(spool_defaults.max_block_records),
+            max_dead_letters: self
+                .max_dead_letters
+                .unwrap_or(spool_defaults.max_dead_letters),
+            ..spool_defaults
+        };
+        if spool.max_bytes < 64 * 1024 {
+            bail!("spool.max_bytes must be at least 65536");
+        }
+        if spool.max_block_records == 0 {
+            bail!("spool.max_block_records must be at least 1");
+        }
+
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("edge-spool"));
+        Ok((dir, spool))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_agent::cli::{print_default_config, Cli, Command, ConfigCommand};
+use edge_agent::cli::{print_default_config, recover, Cli, Command, ConfigCommand, SpoolCommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -35,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Spool(SpoolCommand::Recover { path, args }) => recover(&path, &args),
         Command::Run(args) => {
             init_tracing(&args.log_format)?;
             let config = args.load()?.validate()?;

@@ -383,3 +383,29 @@ fn readings_older_than_max_age_expire() {
         .get();
     assert_eq!(counted, 1);
 }
+
+#[test]
+fn recover_salvages_undelivered_readings_into_the_live_spool() {
+    let parent = tempfile::tempdir().unwrap();
+    let old = parent.path().join("old");
+    {
+        let spool = open(&old);
+        let tickets: Vec<_> = (0..50u8).map(|i| submit(&spool, "d", &[i])).collect();
+        wait(&spool, *tickets.last().unwrap());
+        spool.ack(tickets[9].0, 10).unwrap();
+        spool.close().unwrap();
+    }
+    let live = open(&parent.path().join("live"));
+    let salvage = edge_agent::spool::salvage(&old, &live).unwrap();
+    assert_eq!(
+        (salvage.readings, salvage.delivered, salvage.unreadable),
+        (40, 10, 0)
+    );
+    let payloads: Vec<u8> = live
+        .read_after(0, usize::MAX, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.payload[0])
+        .collect();
+    assert_eq!(payloads, (10..50u8).collect::<Vec<_>>());
+}

@@ -19,9 +19,11 @@
 
 mod block;
 mod quarantine;
+mod recover;
 mod store;
 mod writer;
 
 pub use block::DeadLetter;
 pub use quarantine::open_or_quarantine;
+pub use recover::{salvage, Salvage};
 pub use store::{FullPolicy, Spool, SpoolError, SpoolOptions, SpoolStats};

@@ -568,6 +568,11 @@ impl Spool {
             .with(|trees| trees.db.flush().map(|_| ()).map_err(|s| self.storage(s)))
     }
 
+    /// A sink error as a spool error, for callers outside the MQTT path.
+    pub fn storage_error_from(&self, err: broker::SinkError) -> SpoolError {
+        self.storage(sled::Error::Unsupported(err.to_string()))
+    }
+
     fn storage(&self, source: sled::Error) -> SpoolError {
         SpoolError::Storage {
             path: self.inner.path.clone(),
