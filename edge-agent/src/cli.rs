@@ -30,6 +30,37 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
+    /// Counts: pending readings, bytes, oldest age, dead letters.
+    Stats(OfflineArgs),
+    /// The oldest pending readings, decoded.
+    Peek {
+        /// How many readings to show.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        count: usize,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
+    /// Every pending reading as JSON lines.
+    Export {
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
+    /// Publishes the gateway refused, and batches the collector refused, with the reason.
+    DeadLetters(OfflineArgs),
+    /// Delete every pending reading (they will never reach the cloud).
+    Purge {
+        /// Also delete the dead letters.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Confirm: without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
     /// Copy every readable reading of a quarantined spool into the live spool.
     Recover {
         /// The quarantined spool, e.g. edge-spool.quarantine-1795900000.
@@ -45,6 +76,68 @@ pub enum ConfigCommand {
     Init,
     /// Check a configuration (file, environment and flags) and print the result.
     Check(RunArgs),
+}
+
+/// Where the spool is, for the offline commands.
+#[derive(Debug, clap::Args)]
+pub struct OfflineArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl OfflineArgs {
+    pub fn open(&self) -> anyhow::Result<crate::spool::Spool> {
+        let (dir, options) = self.run.load()?.spool.validate()?;
+        crate::offline::open(&dir, options)
+    }
+}
+
+/// Runs an offline spool command.
+pub fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        SpoolCommand::Recover { path, args } => recover(&path, &args),
+        SpoolCommand::Stats(offline) => {
+            crate::offline::stats(&offline.open()?, offline.json, &mut out)
+        }
+        SpoolCommand::Peek { count, offline } => {
+            crate::offline::peek(&offline.open()?, count, offline.json, &mut out)
+        }
+        SpoolCommand::Export { out: path, offline } => {
+            let written = crate::offline::export(&offline.open()?, path.as_ref(), &mut out)?;
+            if let Some(path) = path {
+                eprintln!("exported {written} readings to {}", path.display());
+            }
+            Ok(())
+        }
+        SpoolCommand::DeadLetters(offline) => {
+            crate::offline::dead_letters(&offline.open()?, offline.json, &mut out)
+        }
+        SpoolCommand::Purge {
+            dead_letters,
+            yes,
+            offline,
+        } => {
+            if !yes {
+                anyhow::bail!("purge deletes readings for good; add --yes to confirm");
+            }
+            let spool = offline.open()?;
+            let purged = spool.purge(dead_letters)?;
+            spool.close()?;
+            println!(
+                "purged {purged} pending readings{}",
+                if dead_letters {
+                    " and the dead letters"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Settings that can be given on the command line or in the environment.

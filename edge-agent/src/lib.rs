@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod offline;
 pub mod spool;
 pub mod uplink;
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_agent::cli::{print_default_config, recover, Cli, Command, ConfigCommand, SpoolCommand};
+use edge_agent::cli::{print_default_config, spool_command, Cli, Command, ConfigCommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -35,7 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Spool(SpoolCommand::Recover { path, args }) => recover(&path, &args),
+        Command::Spool(command) => spool_command(command),
         Command::Run(args) => {
             init_tracing(&args.log_format)?;
             let config = args.load()?.validate()?;

@@ -66,3 +66,150 @@ fn spool_recover_refuses_a_missing_path() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+mod offline {
+    use super::edge_agent;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use broker::{Disposition, Incoming, IngestSink};
+    use edge_agent::metrics::SpoolMetrics;
+    use edge_agent::spool::{Spool, SpoolOptions};
+    use telemetry::senml::{encode_pack, RawRecord, Value};
+
+    fn reading(value: f64) -> Vec<u8> {
+        encode_pack(&[RawRecord {
+            base_time: Some(1_795_000_000.0),
+            name: Some("temperature".into()),
+            unit: Some("Cel".into()),
+            value: Some(Value::Float(value)),
+            ..RawRecord::default()
+        }])
+    }
+
+    /// A closed spool holding three readings and one dead letter.
+    fn filled(dir: &Path) {
+        let spool = Spool::open(dir, SpoolOptions::default(), SpoolMetrics::default()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut last = None;
+        for (i, disposition) in [
+            Disposition::Reading,
+            Disposition::Reading,
+            Disposition::Reading,
+            Disposition::Rejected {
+                reason: "malformed cbor".into(),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            last = Some(
+                spool
+                    .submit(Incoming {
+                        device_id: format!("dev-{i}"),
+                        topic: format!("devices/dev-{i}/telemetry"),
+                        received_at: now,
+                        payload: reading(21.5 + i as f64).into(),
+                        qos: 1,
+                        disposition,
+                    })
+                    .unwrap(),
+            );
+        }
+        spool
+            .wait_durable(last.unwrap(), Duration::from_secs(10))
+            .unwrap();
+        spool.close().unwrap();
+    }
+
+    fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--spool-dir", dir.to_str().unwrap()]);
+        let out = edge_agent(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn stats_peek_export_and_dead_letters_read_a_stopped_spool() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("spool");
+        filled(&dir);
+
+        let (ok, out, err) = run(&["spool", "stats"], &dir);
+        assert!(ok, "{err}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("pending readings") && l.ends_with(" 3")),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("dead letters") && l.ends_with(" 1")),
+            "{out}"
+        );
+        let (ok, out, _) = run(&["spool", "stats", "--json"], &dir);
+        assert!(ok);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["pending"], 3);
+
+        let (ok, out, _) = run(&["spool", "peek", "-n", "2"], &dir);
+        assert!(ok);
+        assert!(
+            out.contains("dev-0") && out.contains("temperature=21.5 Cel"),
+            "{out}"
+        );
+        assert!(!out.contains("dev-2"), "only two readings: {out}");
+
+        let (ok, out, _) = run(&["spool", "export"], &dir);
+        assert!(ok);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["records"][0]["value"], 23.5);
+
+        let (ok, out, _) = run(&["spool", "dead-letters"], &dir);
+        assert!(ok);
+        assert!(
+            out.contains("dev-3") && out.contains("malformed cbor"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn purge_needs_yes_and_then_empties_the_spool() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("spool");
+        filled(&dir);
+        let (ok, _, err) = run(&["spool", "purge"], &dir);
+        assert!(!ok && err.contains("--yes"), "{err}");
+        let (ok, out, err) = run(&["spool", "purge", "--yes"], &dir);
+        assert!(ok, "{err}");
+        assert!(out.contains("purged 3"), "{out}");
+        let (_, out, _) = run(&["spool", "stats", "--json"], &dir);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["pending"], 0);
+        assert_eq!(
+            json["dead_letters"], 1,
+            "dead letters stay without --dead-letters"
+        );
+    }
+
+    #[test]
+    fn offline_commands_refuse_a_spool_in_use() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().join("spool");
+        let _held = Spool::open(&dir, SpoolOptions::default(), SpoolMetrics::default()).unwrap();
+        let (ok, _, err) = run(&["spool", "stats"], &dir);
+        assert!(!ok);
+        assert!(err.contains("in use: stop the agent first"), "{err}");
+    }
+}

@@ -26,4 +26,4 @@ mod writer;
 pub use block::DeadLetter;
 pub use quarantine::open_or_quarantine;
 pub use recover::{salvage, Salvage};
-pub use store::{FullPolicy, Spool, SpoolError, SpoolOptions, SpoolStats};
+pub use store::{FullPolicy, Spool, SpoolError, SpoolOptions, SpoolReport, SpoolStats};

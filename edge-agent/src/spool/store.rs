@@ -94,6 +94,21 @@ pub struct SpoolStats {
     pub bytes: u64,
 }
 
+/// What `edge-agent spool stats` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolReport {
+    pub path: String,
+    pub spool_id: String,
+    #[serde(flatten)]
+    pub stats: SpoolStats,
+    /// Group-commit blocks in the queue.
+    pub blocks: u64,
+    /// Arrival of the oldest stored reading, ms since the epoch.
+    pub oldest_received_at: Option<u64>,
+    pub dead_letters: u64,
+    pub corrupt_blocks: u64,
+}
+
 /// sled handles the writer needs.
 #[derive(Clone)]
 pub(super) struct Trees {
@@ -388,6 +403,62 @@ impl Spool {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// A fuller picture than [`Spool::stats`], for the offline CLI.
+    pub fn inspect(&self) -> Result<SpoolReport, SpoolError> {
+        let stats = self.stats();
+        self.inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            let mut blocks = 0;
+            let mut oldest_received_at = None;
+            for entry in trees.queue.iter() {
+                let (_, value) = entry.map_err(storage)?;
+                blocks += 1;
+                if oldest_received_at.is_none() {
+                    oldest_received_at = block::header(&value).ok().map(|h| h.first_received_at);
+                }
+            }
+            Ok(SpoolReport {
+                path: self.inner.path.display().to_string(),
+                spool_id: self.inner.spool_id.clone(),
+                stats,
+                blocks,
+                oldest_received_at,
+                dead_letters: trees.dead_letters.len() as u64,
+                corrupt_blocks: trees.corrupt.len() as u64,
+            })
+        })
+    }
+
+    /// Deletes every pending reading (and, with `dead_letters`, the dead
+    /// letters); returns how many readings went. For an operator who has
+    /// decided the data is not wanted.
+    pub fn purge(&self, dead_letters: bool) -> Result<u64, SpoolError> {
+        let purged = self.stats().pending;
+        self.inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            trees.queue.clear().map_err(storage)?;
+            if dead_letters {
+                trees.dead_letters.clear().map_err(storage)?;
+            }
+            trees.db.flush().map_err(storage)?;
+            Ok(())
+        })?;
+        let counters = &self.inner.counters;
+        counters.pending.store(0, Ordering::Release);
+        counters.bytes.store(0, Ordering::Release);
+        // Later readings must not reuse the purged seqs' acknowledgement.
+        let durable = self.inner.durability.processed();
+        counters.acked_seq.fetch_max(durable, Ordering::AcqRel);
+        self.inner.files.with(|trees| {
+            trees
+                .meta
+                .insert(ACKED_SEQ, &durable.to_be_bytes())
+                .map(|_| ())
+                .map_err(|s| self.storage(s))
+        })?;
+        Ok(purged)
     }
 
     pub fn stats(&self) -> SpoolStats {
