@@ -17,6 +17,7 @@ use crate::uplink::UplinkState;
 
 #[derive(Clone)]
 pub struct AdminState {
+    pub broker: broker::BrokerMetrics,
     pub gateway_id: String,
     pub spool: Spool,
     pub uplink: Arc<UplinkState>,
@@ -24,21 +25,35 @@ pub struct AdminState {
     pub mqtt_addr: std::net::SocketAddr,
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    gateway_id: String,
-    spool_id: String,
-    mqtt_listen: String,
-    spool: SpoolStats,
-    uplink: UplinkHealth,
+/// The body of `GET /healthz`, also read by `edge-agent status`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub gateway_id: String,
+    pub spool_id: String,
+    pub mqtt_listen: String,
+    pub mqtt: MqttHealth,
+    pub spool: SpoolStats,
+    /// Arrival of the oldest stored reading, ms since the epoch.
+    pub oldest_received_at: Option<u64>,
+    pub uplink: UplinkHealth,
 }
 
-#[derive(Serialize)]
-struct UplinkHealth {
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct MqttHealth {
+    /// Device connections open now.
+    pub connections: i64,
+    /// Publishes accepted since start, all QoS.
+    pub accepted: u64,
+    /// Publishes refused since start, all reasons.
+    pub rejected: u64,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct UplinkHealth {
     /// Unix ms of the last batch the collector stored, null if none yet.
-    last_success_ms: Option<u64>,
-    last_error: Option<String>,
+    pub last_success_ms: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -50,12 +65,35 @@ pub fn router(state: AdminState) -> Router {
 
 async fn healthz(State(state): State<AdminState>) -> Json<Health> {
     let last_success = state.uplink.last_success_ms.load(Ordering::Relaxed);
+    let broker = &state.broker;
+    let sum = |family: Vec<u64>| family.into_iter().sum::<u64>();
     Json(Health {
-        status: "ok",
+        status: "ok".into(),
         gateway_id: state.gateway_id.clone(),
         spool_id: state.spool.spool_id().to_string(),
         mqtt_listen: state.mqtt_addr.to_string(),
+        mqtt: MqttHealth {
+            connections: broker.connections.get(),
+            accepted: sum((0..=2)
+                .map(|qos| {
+                    broker
+                        .publishes_accepted
+                        .get_or_create(&broker::QosLabel { qos })
+                        .get()
+                })
+                .collect()),
+            rejected: sum(["topic", "too_large", "malformed", "too_deep"]
+                .iter()
+                .map(|reason| {
+                    broker
+                        .publishes_rejected
+                        .get_or_create(&broker::ReasonLabel { reason })
+                        .get()
+                })
+                .collect()),
+        },
         spool: state.spool.stats(),
+        oldest_received_at: state.spool.oldest_received_at(),
         uplink: UplinkHealth {
             last_success_ms: (last_success > 0).then_some(last_success),
             last_error: state.uplink.last_error.lock().ok().and_then(|e| e.clone()),

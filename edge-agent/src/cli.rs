@@ -23,6 +23,17 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show the running agent's state: devices, ingest rate, spool, uplink.
+    Status {
+        /// Base URL of the agent's admin API (default: from admin.listen).
+        #[arg(long, value_name = "URL")]
+        admin_url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Work on the spool files offline (stop the agent first).
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -93,6 +104,19 @@ impl OfflineArgs {
         let (dir, options) = self.run.load()?.spool.validate()?;
         crate::offline::open(&dir, options)
     }
+}
+
+/// The admin API's base URL: `--admin-url`, or `admin.listen` from the configuration.
+pub fn admin_url(admin_url: Option<String>, run: &RunArgs) -> anyhow::Result<String> {
+    if let Some(url) = admin_url {
+        return Ok(url);
+    }
+    let listen = run
+        .load()?
+        .admin
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:8481".into());
+    Ok(format!("http://{listen}"))
 }
 
 /// Runs an offline spool command.

@@ -17,6 +17,7 @@ pub mod config;
 pub mod metrics;
 pub mod offline;
 pub mod spool;
+pub mod status;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -82,6 +83,7 @@ impl Agent {
         tasks.spawn(uplink.run(stop.child_token()));
 
         let app = admin::router(admin::AdminState {
+            broker: broker.metrics().clone(),
             gateway_id: config.gateway_id.clone(),
             spool: spool.clone(),
             uplink: uplink_state,

@@ -36,6 +36,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool(command) => spool_command(command),
+        Command::Status {
+            admin_url,
+            json,
+            run,
+        } => {
+            let url = edge_agent::cli::admin_url(admin_url, &run)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(edge_agent::status::status(
+                &url,
+                json,
+                &mut std::io::stdout().lock(),
+            ))
+        }
         Command::Run(args) => {
             init_tracing(&args.log_format)?;
             let config = args.load()?.validate()?;

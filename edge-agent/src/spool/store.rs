@@ -82,7 +82,7 @@ impl SpoolError {
 }
 
 /// Counts for status pages and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpoolStats {
     /// Readings stored and not yet acknowledged by the collector.
     pub pending: u64,
@@ -403,6 +403,17 @@ impl Spool {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Arrival of the oldest stored reading (ms since the epoch), if any.
+    pub fn oldest_received_at(&self) -> Option<u64> {
+        self.inner
+            .files
+            .with(|trees| Ok(trees.queue.first().ok().flatten()))
+            .ok()
+            .flatten()
+            .and_then(|(_, value)| block::header(&value).ok())
+            .map(|h| h.first_received_at)
     }
 
     /// A fuller picture than [`Spool::stats`], for the offline CLI.
