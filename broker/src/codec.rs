@@ -37,6 +37,9 @@ const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// State shared by every connection of one listener.
 struct Shared {
     sink: Arc<dyn IngestSink>,
+    /// Whether devices authenticate; then a device may only publish under
+    /// `devices/{its username}/` and subscribe there.
+    authenticated: bool,
     limits: Limits,
     durable_timeout: Duration,
     metrics: BrokerMetrics,
@@ -52,6 +55,8 @@ struct Connection {
     /// Whether this value stands for a live connection (the template does not).
     live: AtomicBool,
     client_id: Mutex<String>,
+    /// The username of CONNECT: the device id when devices authenticate.
+    username: Mutex<Option<String>>,
     metrics: Option<BrokerMetrics>,
 }
 
@@ -75,10 +80,12 @@ impl IngestCodec {
         limits: Limits,
         durable_timeout: Duration,
         metrics: BrokerMetrics,
+        authenticated: bool,
     ) -> IngestCodec {
         IngestCodec {
             shared: Arc::new(Shared {
                 sink,
+                authenticated,
                 limits,
                 durable_timeout,
                 metrics,
@@ -109,11 +116,19 @@ impl IngestCodec {
         let shared = &self.shared;
         let received_at = now_ms();
         let topic = std::str::from_utf8(&publish.topic).map_err(|_| Error::TopicNotUtf8)?;
-        let Some(device_id) = device_id_from_topic(topic) else {
+        let username = self.conn.username.lock().ok().and_then(|u| u.clone());
+        let bound =
+            |device_id: &str| !shared.authenticated || username.as_deref() == Some(device_id);
+        let Some(device_id) = device_id_from_topic(topic).filter(|id| bound(id)) else {
             let client_id = self.client_id();
+            let reason = if device_id_from_topic(topic).is_some() {
+                "other_device"
+            } else {
+                "topic"
+            };
             self.reject(
                 &client_id,
-                "topic",
+                reason,
                 "topic is not devices/{device_id}/telemetry",
             );
             // Best effort: keep it for inspection, but the connection closes
@@ -225,6 +240,7 @@ impl Clone for IngestCodec {
                 last_ticket: AtomicU64::new(0),
                 live: AtomicBool::new(true),
                 client_id: Mutex::default(),
+                username: Mutex::default(),
                 metrics: Some(self.shared.metrics.clone()),
             }),
         }
@@ -235,11 +251,40 @@ impl Protocol for IngestCodec {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         // V4 keeps QoS private; it sits in bits 1-2 of the fixed header.
         let qos = stream.first().map_or(0, |header| (header >> 1) & 0b11);
-        let packet = V4.read_mut(stream, max_size)?;
+        let mut packet = V4.read_mut(stream, max_size)?;
+        if let Packet::Connect(connect, ..) = &mut packet {
+            // MQTT 3.1.1 §3.1.2.10: keep-alive 0 turns the mechanism off, but
+            // rumqttd refuses it. The longest keep-alive is the closest it
+            // can do: a silent peer is dropped after about 27 hours.
+            if connect.keep_alive == 0 {
+                connect.keep_alive = u16::MAX;
+            }
+        }
         match &packet {
-            Packet::Connect(connect, ..) => {
+            Packet::Connect(connect, _, _, _, login) => {
                 if let Ok(mut client_id) = self.conn.client_id.lock() {
                     client_id.clone_from(&connect.client_id);
+                }
+                if let Ok(mut username) = self.conn.username.lock() {
+                    *username = login.as_ref().map(|l| l.username.clone());
+                }
+            }
+            Packet::Subscribe(subscribe, _) if self.shared.authenticated => {
+                let username = self
+                    .conn
+                    .username
+                    .lock()
+                    .ok()
+                    .and_then(|u| u.clone())
+                    .unwrap_or_default();
+                let own = format!("devices/{username}/");
+                if let Some(filter) = subscribe.filters.iter().find(|f| !f.path.starts_with(&own)) {
+                    self.reject(
+                        &username,
+                        "subscribe",
+                        &format!("subscription to {:?} outside {own}", filter.path),
+                    );
+                    return Err(Error::InvalidProtocol);
                 }
             }
             Packet::Publish(publish, _) => self.ingest(publish, qos)?,

@@ -6,12 +6,14 @@
 //! spool plugs in through [`IngestSink`], so the durability contract lives in
 //! one trait: `submit` returns a ticket, `wait_durable` returns once it is on disk.
 
+mod auth;
 mod codec;
 mod metrics;
 mod server;
 mod sink;
 mod topic;
 
+pub use auth::{AuthError, DeviceRegistry};
 pub use codec::IngestCodec;
 pub use metrics::{BrokerMetrics, QosLabel, ReasonLabel};
 pub use server::{Broker, BrokerConfig, BrokerError};

@@ -29,10 +29,17 @@ pub struct BrokerMetrics {
     pub connections: Gauge,
     /// MQTT connections accepted since start.
     pub connections_total: Counter,
+    /// CONNECTs refused: unknown device or wrong password.
+    pub connections_refused: Counter,
 }
 
 impl BrokerMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "edge_mqtt_connections_refused",
+            "CONNECTs refused for an unknown device or a wrong password",
+            self.connections_refused.clone(),
+        );
         registry.register(
             "edge_mqtt_publishes_accepted",
             "Publishes accepted into the spool",

@@ -21,6 +21,7 @@ use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, Server
 use telemetry::Limits;
 use tracing::info;
 
+use crate::auth::DeviceRegistry;
 use crate::codec::IngestCodec;
 use crate::metrics::BrokerMetrics;
 use crate::sink::IngestSink;
@@ -42,6 +43,11 @@ pub struct BrokerConfig {
     pub read_batch: usize,
     /// Worker threads of the runtime that serves MQTT connections (default 2).
     pub worker_threads: usize,
+    /// Registered devices. With a registry, a device connects with username =
+    /// its device id and its password, and may publish only under its own
+    /// `devices/{device_id}/`. Without one (default), anyone may publish as
+    /// any device: for a closed network or a demo only.
+    pub devices: Option<Arc<DeviceRegistry>>,
 }
 
 impl Default for BrokerConfig {
@@ -54,6 +60,7 @@ impl Default for BrokerConfig {
             durable_timeout: Duration::from_secs(10),
             read_batch: 100,
             worker_threads: 2,
+            devices: None,
         }
     }
 }
@@ -93,7 +100,16 @@ impl Broker {
             .build()
             .map_err(BrokerError::Runtime)?;
         let router_tx = Router::new(0, router_config(&config)).spawn();
-        let codec = IngestCodec::new(sink, config.limits, config.durable_timeout, metrics.clone());
+        let codec = IngestCodec::new(
+            sink,
+            config.limits,
+            config.durable_timeout,
+            metrics.clone(),
+            config.devices.is_some(),
+        );
+        if config.devices.is_none() {
+            tracing::warn!("no device file: any client may publish as any device");
+        }
 
         let attempts = if config.listen.port() == 0 {
             PORT_ATTEMPTS
@@ -113,7 +129,7 @@ impl Broker {
                 }
             };
             let mut server = Server::new(
-                server_settings(&config, addr),
+                server_settings(&config, addr, &metrics),
                 router_tx.clone(),
                 codec.clone_template(),
             );
@@ -214,8 +230,12 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
     }
 }
 
-fn server_settings(config: &BrokerConfig, listen: SocketAddr) -> ServerSettings {
-    ServerSettings {
+fn server_settings(
+    config: &BrokerConfig,
+    listen: SocketAddr,
+    metrics: &BrokerMetrics,
+) -> ServerSettings {
+    let mut settings = ServerSettings {
         name: "mqtt".to_string(),
         listen,
         tls: None,
@@ -230,5 +250,29 @@ fn server_settings(config: &BrokerConfig, listen: SocketAddr) -> ServerSettings 
             external_auth: None,
             dynamic_filters: false,
         },
+    };
+    if let Some(registry) = &config.devices {
+        let registry = registry.clone();
+        let metrics = metrics.clone();
+        settings.set_auth_handler(move |_client_id, username: String, password: String| {
+            let registry = registry.clone();
+            let metrics = metrics.clone();
+            async move {
+                // argon2 is slow on purpose: keep it off the connection runtime's workers.
+                let device_id = username.clone();
+                let ok = tokio::task::spawn_blocking(move || registry.verify(&username, &password))
+                    .await
+                    .unwrap_or(false);
+                if !ok {
+                    metrics.connections_refused.inc();
+                    tracing::debug!(
+                        device_id,
+                        "connection refused: unknown device or wrong password"
+                    );
+                }
+                ok
+            }
+        });
     }
+    settings
 }

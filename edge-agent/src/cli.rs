@@ -34,9 +34,123 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Manage the devices allowed to connect (mqtt.devices_file).
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Work on the spool files offline (stop the agent first).
     #[command(subcommand)]
     Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Register a device; the password is read from standard input, or made with --generate.
+    Add {
+        device_id: String,
+        /// Make a random password and print it once.
+        #[arg(long)]
+        generate: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List the registered device ids (never their passwords).
+    List {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Give a device a new password (standard input, or --generate).
+    Rotate {
+        device_id: String,
+        /// Make a random password and print it once.
+        #[arg(long)]
+        generate: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Remove a device; it can no longer connect.
+    Remove {
+        device_id: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+impl DevicesCommand {
+    fn run_args(&self) -> &RunArgs {
+        match self {
+            DevicesCommand::Add { run, .. }
+            | DevicesCommand::List { run }
+            | DevicesCommand::Rotate { run, .. }
+            | DevicesCommand::Remove { run, .. } => run,
+        }
+    }
+}
+
+/// Runs a `devices` command against the configured device file.
+pub fn devices_command(command: DevicesCommand) -> anyhow::Result<()> {
+    let file = command.run_args().load()?;
+    let path = file.mqtt.devices_file.clone().ok_or_else(|| {
+        anyhow::anyhow!("set mqtt.devices_file in the config (or --devices-file) first")
+    })?;
+    let registry = broker::DeviceRegistry::load(&path)?;
+    match command {
+        DevicesCommand::List { .. } => {
+            for device in registry.list() {
+                println!("{device}");
+            }
+        }
+        DevicesCommand::Add {
+            device_id,
+            generate,
+            ..
+        } => {
+            let password = password(generate)?;
+            registry.add(&device_id, &password)?;
+            report(&device_id, "added", generate.then_some(&password));
+        }
+        DevicesCommand::Rotate {
+            device_id,
+            generate,
+            ..
+        } => {
+            let password = password(generate)?;
+            registry.rotate(&device_id, &password)?;
+            report(
+                &device_id,
+                "has a new password",
+                generate.then_some(&password),
+            );
+        }
+        DevicesCommand::Remove { device_id, .. } => {
+            registry.remove(&device_id)?;
+            println!("{device_id} removed");
+        }
+    }
+    Ok(())
+}
+
+fn password(generate: bool) -> anyhow::Result<String> {
+    if generate {
+        let bytes: [u8; 18] = rand::random();
+        return Ok(hex::encode(bytes));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input (pipe one in, or use --generate)");
+    }
+    Ok(password)
+}
+
+fn report(device_id: &str, what: &str, generated: Option<&String>) {
+    match generated {
+        // Shown once; only its hash is kept.
+        Some(password) => println!("{device_id} {what}; password: {password}"),
+        None => println!("{device_id} {what}"),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,7 +200,7 @@ pub enum ConfigCommand {
     /// Print a commented default configuration.
     Init,
     /// Check a configuration (file, environment and flags) and print the result.
-    Check(RunArgs),
+    Check(Box<RunArgs>),
 }
 
 /// Where the spool is, for the offline commands.
@@ -188,6 +302,9 @@ pub struct RunArgs {
     /// Listen address of /healthz and /metrics.
     #[arg(long, env = "EDGE_AGENT_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// File of registered devices (device_id:argon2 hash lines).
+    #[arg(long, env = "EDGE_AGENT_DEVICES_FILE")]
+    pub devices_file: Option<PathBuf>,
     /// Log format: "human" or "json".
     #[arg(long, env = "EDGE_AGENT_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
@@ -211,6 +328,7 @@ impl RunArgs {
         overlay(&mut file.uplink.url, &self.uplink_url);
         overlay(&mut file.uplink.token, &self.uplink_token);
         overlay(&mut file.admin.listen, &self.admin_listen);
+        overlay(&mut file.mqtt.devices_file, &self.devices_file);
         Ok(file)
     }
 }

@@ -33,6 +33,11 @@ connect_timeout = "5s"
 max_connections = 10000
 # Longest a PUBACK waits for the spool; past it the connection is dropped.
 durable_timeout = "10s"
+# Registered devices (device_id:argon2 hash lines, managed with `edge-agent
+# devices`). When set, a device connects with username = its device id and
+# may publish only under devices/{device_id}/. When unset, any client may
+# publish as any device: for a closed network or a demo only.
+# devices_file = "devices"
 
 [spool]
 # Directory of the sled spool.
@@ -105,6 +110,7 @@ pub struct MqttSection {
     pub connect_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub durable_timeout: Option<String>,
+    pub devices_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,7 +200,14 @@ impl FileConfig {
         if limits.max_depth == 0 || limits.max_depth > 64 {
             bail!("mqtt.max_depth must be between 1 and 64");
         }
+        let devices = match &mqtt.devices_file {
+            Some(path) => Some(std::sync::Arc::new(
+                broker::DeviceRegistry::load(path).context("mqtt.devices_file")?,
+            )),
+            None => None,
+        };
         let mqtt = broker::BrokerConfig {
+            devices,
             listen: addr("mqtt.listen", mqtt.listen, defaults.listen)?,
             max_connections: mqtt.max_connections.unwrap_or(defaults.max_connections),
             limits,

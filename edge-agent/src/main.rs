@@ -36,6 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool(command) => spool_command(command),
+        Command::Devices(command) => edge_agent::cli::devices_command(command),
         Command::Status {
             admin_url,
             json,

@@ -213,3 +213,73 @@ mod offline {
         assert!(err.contains("in use: stop the agent first"), "{err}");
     }
 }
+
+#[test]
+fn devices_are_managed_without_storing_passwords() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("devices");
+    let file_arg = file.to_str().unwrap();
+
+    let out = edge_agent(&[
+        "devices",
+        "add",
+        "dev-1",
+        "--generate",
+        "--devices-file",
+        file_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let generated = stdout.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "{stdout}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["devices", "add", "dev-2", "--devices-file", file_arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough secret\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let list = edge_agent(&["devices", "list", "--devices-file", file_arg]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "dev-1\ndev-2\n");
+
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&generated) && !stored.contains("a long enough secret"));
+    let registry = broker::DeviceRegistry::load(&file).unwrap();
+    assert!(registry.verify("dev-1", &generated));
+    assert!(registry.verify("dev-2", "a long enough secret"));
+
+    let rotated = edge_agent(&[
+        "devices",
+        "rotate",
+        "dev-1",
+        "--generate",
+        "--devices-file",
+        file_arg,
+    ]);
+    assert!(rotated.status.success());
+    assert!(
+        !registry.verify("dev-1", &generated),
+        "the old password stops working"
+    );
+
+    let removed = edge_agent(&["devices", "remove", "dev-2", "--devices-file", file_arg]);
+    assert!(removed.status.success());
+    let again = edge_agent(&["devices", "remove", "dev-2", "--devices-file", file_arg]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not registered"));
+}
