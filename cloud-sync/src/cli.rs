@@ -57,9 +57,18 @@ pub struct ServeArgs {
     #[arg(long, env = "CLOUD_SYNC_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Where to store: "sled" (embedded, in --data-dir) or a PostgreSQL URL,
+    /// postgres://user:password@host:5432/db [default: sled].
+    #[arg(long, env = "CLOUD_SYNC_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+
     /// Directory of the embedded store [default: cloud-sync-data].
     #[arg(long, env = "CLOUD_SYNC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Most PostgreSQL connections this collector opens [default: 16].
+    #[arg(long, env = "CLOUD_SYNC_STORE_POOL_SIZE")]
+    pub store_pool_size: Option<usize>,
 
     /// Bearer token accepted from gateways; repeat the flag or separate with commas.
     #[arg(
@@ -84,7 +93,9 @@ impl ServeArgs {
         };
         file.apply(Overrides {
             listen: self.listen,
+            store: self.store,
             data_dir: self.data_dir,
+            pool_size: self.store_pool_size,
             tokens: self.tokens,
             max_body_bytes: self.max_body_bytes,
         })
@@ -128,5 +139,36 @@ mod tests {
         let config = args.load().unwrap();
         assert_eq!(config.listen.port(), 2);
         assert_eq!(config.tokens, vec!["a", "b"]);
+        assert_eq!(config.store, cloud_sync::config::StoreBackend::Sled);
+    }
+
+    #[test]
+    fn store_flag_selects_postgres() {
+        let cli = Cli::try_parse_from([
+            "cloud-sync",
+            "serve",
+            "--token",
+            "t",
+            "--store",
+            "postgres://collector:hunter2@db.example:5433/telemetry",
+            "--store-pool-size",
+            "3",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let config = args.load().unwrap();
+        let cloud_sync::config::StoreBackend::Postgres(postgres) = &config.store else {
+            panic!("expected postgres, got {:?}", config.store);
+        };
+        assert_eq!(postgres.pool_size, 3);
+        // The password never shows.
+        let shown = format!("{} {config:?}", config.store_description());
+        assert!(
+            shown.contains("postgres://collector@db.example:5433/telemetry"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

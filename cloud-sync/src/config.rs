@@ -16,14 +16,20 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
 pub const DEFAULT_DATA_DIR: &str = "cloud-sync-data";
 /// Default bound on a request body after decompression: 16 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The value of `store.url` that selects the embedded sled store (the default).
+pub const SLED_STORE: &str = "sled";
+/// Default bound on the PostgreSQL connections of one collector.
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// Runtime configuration, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Address the HTTP server binds; port 0 picks a free port. Default 127.0.0.1:8480.
     pub listen: SocketAddr,
-    /// Directory of the sled store; created when missing.
+    /// Directory of the sled store; created when missing. Unused with PostgreSQL.
     pub data_dir: PathBuf,
+    /// Which backend stores the data. Default: sled in `data_dir`.
+    pub store: StoreBackend,
     /// Bearer tokens accepted on `POST /v1/batches`; must not be empty.
     pub tokens: Vec<String>,
     /// Largest request body accepted after decompression, in bytes. Default 16 MiB.
@@ -40,6 +46,7 @@ impl Config {
                 .parse()
                 .expect("the default listen address parses"),
             data_dir: data_dir.into(),
+            store: StoreBackend::Sled,
             tokens,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             payload_limits: telemetry::Limits::default(),
@@ -74,7 +81,128 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("store.data_dir", "must not be empty"));
         }
+        if let StoreBackend::Postgres(postgres) = &self.store {
+            if postgres.pool_size == 0 {
+                return Err(invalid("store.pool_size", "must be at least 1"));
+            }
+        }
         Ok(())
+    }
+
+    /// Where the data lives, for messages: the sled directory, or the
+    /// PostgreSQL server and database (never the password).
+    pub fn store_description(&self) -> String {
+        match &self.store {
+            StoreBackend::Sled => format!("sled in {}", self.data_dir.display()),
+            StoreBackend::Postgres(postgres) => postgres.url.to_string(),
+        }
+    }
+}
+
+/// The storage backend of a collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded sled store in `data_dir`: one process, no setup.
+    Sled,
+    /// A PostgreSQL database, which any number of collectors may share.
+    Postgres(PostgresConfig),
+}
+
+/// How a collector reaches PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Where to connect; options such as `options=-csearch_path=telemetry`
+    /// pick the schema.
+    pub url: PostgresUrl,
+    /// Most connections this collector holds open; each in-flight batch or
+    /// query uses one. Default 16.
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// A PostgreSQL store at `url` with the default pool size.
+    pub fn new(url: &str) -> Result<PostgresConfig, ConfigError> {
+        Ok(PostgresConfig {
+            url: PostgresUrl::parse(url)?,
+            pool_size: DEFAULT_POOL_SIZE,
+        })
+    }
+}
+
+/// A PostgreSQL connection string (`postgres://user:password@host:port/db?options`
+/// or `host=... dbname=...`), checked when the config is read. It may hold
+/// a password, so `Debug` and `Display` show only user, hosts and database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl {
+    text: String,
+    /// Boxed: it is large, and most configs are sled's.
+    parsed: Box<tokio_postgres::Config>,
+}
+
+impl PostgresUrl {
+    /// Parses a connection string; the error never repeats it (it may hold a password).
+    pub fn parse(text: &str) -> Result<PostgresUrl, ConfigError> {
+        let parsed = text.parse::<tokio_postgres::Config>().map_err(|err| {
+            // The parser's reasons name an option or a character, never a value.
+            let why = std::error::Error::source(&err).map_or(String::new(), |s| format!(": {s}"));
+            invalid(
+                "store.url",
+                format!(
+                    "must be \"{SLED_STORE}\" or a PostgreSQL URL (postgres://user@host/db): {err}{why}"
+                ),
+            )
+        })?;
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(invalid(
+                "store.url",
+                "sslmode=require: this collector does not speak TLS to PostgreSQL yet",
+            ));
+        }
+        Ok(PostgresUrl {
+            text: text.to_owned(),
+            parsed: Box::new(parsed),
+        })
+    }
+
+    /// The parsed connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.parsed
+    }
+
+    /// The connection string as given, password included: never log it.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.parsed;
+        write!(f, "postgres://")?;
+        if let Some(user) = config.get_user() {
+            write!(f, "{user}@")?;
+        }
+        let ports = config.get_ports();
+        for (index, host) in config.get_hosts().iter().enumerate() {
+            if index > 0 {
+                write!(f, ",")?;
+            }
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => write!(f, "{name}")?,
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => write!(f, "[{}]", path.display())?,
+            }
+            if let Some(port) = ports.get(index).or(ports.first()) {
+                write!(f, ":{port}")?;
+            }
+        }
+        write!(f, "/{}", config.get_dbname().unwrap_or(""))
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgresUrl({self})")
     }
 }
 
@@ -140,18 +268,58 @@ impl Default for ServerSection {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
+    /// `"sled"` (the default) or a PostgreSQL URL. May hold a password.
+    pub url: String,
     /// Directory of the sled store. Default `cloud-sync-data`.
     pub data_dir: PathBuf,
+    /// Most PostgreSQL connections of this collector. Default 16.
+    pub pool_size: usize,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
+            url: SLED_STORE.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            pool_size: DEFAULT_POOL_SIZE,
         }
+    }
+}
+
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show only which backend it names.
+        let url = if self.url == SLED_STORE {
+            SLED_STORE
+        } else {
+            "<postgres url>"
+        };
+        f.debug_struct("StoreSection")
+            .field("url", &url)
+            .field("data_dir", &self.data_dir)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl StoreSection {
+    fn backend(&self) -> Result<StoreBackend, ConfigError> {
+        if self.url == SLED_STORE {
+            return Ok(StoreBackend::Sled);
+        }
+        if self.url.trim().is_empty() {
+            return Err(invalid(
+                "store.url",
+                format!("must be \"{SLED_STORE}\" or a PostgreSQL URL, got an empty string"),
+            ));
+        }
+        Ok(StoreBackend::Postgres(PostgresConfig {
+            url: PostgresUrl::parse(&self.url)?,
+            pool_size: self.pool_size,
+        }))
     }
 }
 
@@ -187,7 +355,10 @@ impl Default for PayloadSection {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    /// `store.url`: `"sled"` or a PostgreSQL URL.
+    pub store: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub pool_size: Option<usize>,
     pub tokens: Option<Vec<String>>,
     pub max_body_bytes: Option<usize>,
 }
@@ -222,8 +393,14 @@ impl FileConfig {
         if let Some(max) = overrides.max_body_bytes {
             self.server.max_body_bytes = max;
         }
+        if let Some(url) = overrides.store {
+            self.store.url = url;
+        }
         if let Some(dir) = overrides.data_dir {
             self.store.data_dir = dir;
+        }
+        if let Some(size) = overrides.pool_size {
+            self.store.pool_size = size;
         }
         if let Some(tokens) = overrides.tokens {
             self.auth.tokens = tokens;
@@ -235,6 +412,7 @@ impl FileConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let config = Config {
             listen: self.server.listen,
+            store: self.store.backend()?,
             data_dir: self.store.data_dir,
             tokens: self.auth.tokens,
             max_body_bytes: self.server.max_body_bytes,
@@ -268,9 +446,19 @@ listen = "{DEFAULT_LISTEN}"
 max_body_bytes = {DEFAULT_MAX_BODY_BYTES}
 
 [store]
+# Where readings are stored: "{SLED_STORE}" for the embedded store in data_dir, or a
+# PostgreSQL URL such as "postgres://cloud_sync:secret@db.example:5432/telemetry"
+# (add "?options=-csearch_path%3Dmyschema" to use another schema than public).
+# The collector creates and migrates its tables at start. Connections are
+# plain TCP (no TLS yet): keep the database on a trusted network.
+# Env: CLOUD_SYNC_STORE.
+url = "{SLED_STORE}"
 # Directory of the embedded sled store; created when missing.
 # Env: CLOUD_SYNC_DATA_DIR.
 data_dir = "{DEFAULT_DATA_DIR}"
+# Most PostgreSQL connections this collector opens (unused with sled).
+# Env: CLOUD_SYNC_STORE_POOL_SIZE.
+pool_size = {DEFAULT_POOL_SIZE}
 
 [auth]
 # Bearer tokens gateways present on POST /v1/batches. Keep this file private.
@@ -338,6 +526,56 @@ mod tests {
         assert_eq!(config.max_body_bytes, 10);
         assert_eq!(config.tokens, vec!["b"]);
         assert_eq!(file.validate().unwrap().listen.port(), 1);
+    }
+
+    #[test]
+    fn the_store_url_picks_the_backend() {
+        let parse = |text: &str| FileConfig::parse(text, Path::new("c.toml")).unwrap();
+        let tokens = "[auth]\ntokens = [\"t\"]\n";
+        let sled = parse(tokens).validate().unwrap();
+        assert_eq!(sled.store, StoreBackend::Sled);
+        let postgres = parse(&format!(
+            "{tokens}[store]\nurl = \"postgres://u:pw@h:5433/db?options=-csearch_path%3Dx\"\npool_size = 4\n"
+        ))
+        .validate()
+        .unwrap();
+        let StoreBackend::Postgres(pg) = &postgres.store else {
+            panic!("expected postgres");
+        };
+        assert_eq!(pg.pool_size, 4);
+        assert_eq!(pg.url.config().get_options(), Some("-csearch_path=x"));
+        assert_eq!(postgres.store_description(), "postgres://u@h:5433/db");
+        // Flags and environment override the file's choice either way.
+        let back = parse(&format!("{tokens}[store]\nurl = \"postgres://h/db\"\n"))
+            .apply(Overrides {
+                store: Some("sled".into()),
+                ..Overrides::default()
+            })
+            .validate()
+            .unwrap();
+        assert_eq!(back.store, StoreBackend::Sled);
+    }
+
+    #[test]
+    fn a_bad_store_url_names_the_field_and_hides_the_password() {
+        for (url, pool) in [
+            ("postgres://u:hunter2@h:notaport/db", 1),
+            ("postgres://u:hunter2@h/db?sslmode=require", 1),
+            ("", 1),
+            ("postgres://u:hunter2@h/db", 0),
+        ] {
+            let text =
+                format!("[auth]\ntokens = [\"t\"]\n[store]\nurl = \"{url}\"\npool_size = {pool}\n");
+            let err = FileConfig::parse(&text, Path::new("c.toml"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("invalid config: store."), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let text = "[store]\nurl = \"postgres://h/db\"\nbackend = \"x\"\n";
+        assert!(FileConfig::parse(text, Path::new("c.toml")).is_err());
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! gateway already accepted it from the device and will never send it again,
 //! so it is kept as a document flagged invalid. Only ids that cannot be
 //! stored (they are parts of keys) make the whole batch a bad request.
+//!
+//! Text is kept only where every store can keep it: PostgreSQL's `text`
+//! holds no U+0000, so a reading whose string value or unit holds one is
+//! kept as an invalid document (its payload intact), and a document's
+//! topic or reason shows U+FFFD in its place.
 
 use telemetry::{
     decode_payload, validate_device_id, Decoded, DeviceIdError, Envelope, Limits, Record,
@@ -98,11 +103,16 @@ fn prepare_envelope(envelope: Envelope, limits: &Limits) -> PreparedEnvelope {
 
 fn document(envelope: &Envelope, kind: DocumentKind, reason: String) -> Content {
     Content::Document(Document {
-        topic: envelope.topic.clone(),
+        topic: without_nul(&envelope.topic),
         payload: envelope.payload.to_vec(),
         kind,
-        reason,
+        reason: without_nul(&reason),
     })
+}
+
+/// `text` with U+0000 replaced by U+FFFD (the replacement character).
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
 }
 
 /// Resolved SenML records to points; fails when a time cannot be keyed.
@@ -123,6 +133,12 @@ fn to_points(records: Vec<Record>) -> Result<Vec<Point>, String> {
                 (None, Some(sum)) => Value::Float(sum),
                 (None, None) => return Err(format!("record {index}: has no value or sum")),
             };
+            let nul_in_value = matches!(&value, Value::String(s) if s.contains('\0'));
+            if nul_in_value || record.unit.as_deref().is_some_and(|u| u.contains('\0')) {
+                return Err(format!(
+                    "record {index}: a string value or unit holds U+0000, which cannot be stored"
+                ));
+            }
             Ok(Point {
                 name: record.name,
                 time_ns,
@@ -241,6 +257,31 @@ mod tests {
             "{}",
             doc.reason
         );
+    }
+
+    #[test]
+    fn nul_characters_never_reach_a_store() {
+        let pack = encode_pack(&[RawRecord {
+            name: Some("state".into()),
+            time: Some(1_700_000_000.0),
+            value: Some(Value::String("on\0off".into())),
+            ..Default::default()
+        }]);
+        let Content::Document(doc) = prepare_one(pack.clone()) else {
+            panic!("expected a document");
+        };
+        assert_eq!(doc.kind, DocumentKind::Invalid);
+        assert!(doc.reason.contains("U+0000"), "{}", doc.reason);
+        assert_eq!(doc.payload, pack);
+
+        let mut with_nul = envelope(1, "dev-1", vec![0xff]);
+        with_nul.topic = "devices/dev-1/\0".into();
+        let prepared = prepare(batch(vec![with_nul]), &Limits::default(), 5).unwrap();
+        let Content::Document(doc) = &prepared.envelopes[0].content else {
+            panic!("expected a document");
+        };
+        assert_eq!(doc.topic, "devices/dev-1/\u{fffd}");
+        assert!(!doc.reason.contains('\0'));
     }
 
     #[test]

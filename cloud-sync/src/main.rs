@@ -40,9 +40,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = args.load()?;
             println!(
-                "config ok: listen {}, data_dir {}, {} token(s)",
+                "config ok: listen {}, store {}, {} token(s)",
                 config.listen,
-                config.data_dir.display(),
+                config.store_description(),
                 config.tokens.len()
             );
             Ok(())

@@ -36,12 +36,17 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = AppState::open(&config).await?;
+        Server::with_state(listener, state)
+    }
+
+    /// A server on an already bound listener over an already opened state:
+    /// several servers may then share one store in one process (the ingest
+    /// benchmark compares that with collectors sharing PostgreSQL).
+    pub fn with_state(listener: TcpListener, state: AppState) -> anyhow::Result<Server> {
         let local_addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        let state = tokio::task::spawn_blocking(move || AppState::open(&config))
-            .await
-            .context("store opener panicked")??;
         Ok(Server {
             listener,
             local_addr,

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::api::LogGate;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreBackend};
 use crate::metrics::Metrics;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PostgresStore, SledStore, Store, StoreError};
 
 /// Shared state of one collector; cheap to clone (everything is behind `Arc`).
 #[derive(Clone)]
@@ -39,24 +39,39 @@ pub enum OpenError {
     /// The configuration is unusable; fix it.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The store cannot be opened (locked by another process, unreadable, wrong schema).
-    #[error("cannot open store in {path}: {error}")]
+    /// The store cannot be opened (sled: locked by another process,
+    /// unreadable; PostgreSQL: unreachable, refused, failed to migrate;
+    /// either: written by another schema version).
+    #[error("cannot open store {store}: {error}")]
     Store {
-        path: std::path::PathBuf,
+        /// Where the store is (`sled in DIR`, or the PostgreSQL server without password).
+        store: String,
         error: StoreError,
     },
 }
 
 impl AppState {
-    /// Validates `config` and opens the sled store in its `data_dir`.
-    /// Blocks on disk I/O: call it from `spawn_blocking` in async code.
-    pub fn open(config: &Config) -> Result<AppState, OpenError> {
+    /// Validates `config` and opens its store: the sled store in `data_dir`
+    /// (on the blocking pool), or PostgreSQL, connected and migrated.
+    pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         config.validate()?;
-        let store = SledStore::open(&config.data_dir).map_err(|error| OpenError::Store {
-            path: config.data_dir.clone(),
+        let opened: Result<Arc<dyn Store>, StoreError> = match &config.store {
+            StoreBackend::Sled => {
+                let dir = config.data_dir.clone();
+                match tokio::task::spawn_blocking(move || SledStore::open(&dir)).await {
+                    Ok(opened) => opened.map(|store| Arc::new(store) as Arc<dyn Store>),
+                    Err(_) => Err(StoreError::Worker),
+                }
+            }
+            StoreBackend::Postgres(postgres) => PostgresStore::connect(postgres)
+                .await
+                .map(|store| Arc::new(store) as Arc<dyn Store>),
+        };
+        let store = opened.map_err(|error| OpenError::Store {
+            store: config.store_description(),
             error,
         })?;
-        Ok(AppState::with_store(config, Arc::new(store)))
+        Ok(AppState::with_store(config, store))
     }
 
     /// State over an already opened store (another backend, or a shared one in tests).

@@ -45,7 +45,7 @@ async fn everything_survives_a_restart() {
     };
 
     // Reopen the same directory in a fresh state.
-    let (router, _) = app(dir.path());
+    let (router, _) = app(dir.path()).await;
     assert_eq!(
         get_ok(&router, "/v1/devices/dev-1/points?name=temp").await,
         before
@@ -71,14 +71,14 @@ async fn everything_survives_a_restart() {
 async fn a_dropped_state_releases_the_store() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (router, _) = app(dir.path());
+        let (router, _) = app(dir.path()).await;
         post_batch(
             &router,
             &batch("gw", SPOOL_A, vec![float_envelope(1, "d", "t", 1.7e9, 1.0)]),
         )
         .await;
     }
-    let (router, _) = app(dir.path());
+    let (router, _) = app(dir.path()).await;
     let points = get_ok(&router, "/v1/devices/d/points?name=t").await;
     assert_eq!(points["points"].as_array().unwrap().len(), 1);
 }

@@ -58,7 +58,7 @@ async fn median_ingest(router: &Router, spool: &str, readings: usize) -> Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_1000_envelopes_ingests_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+    let (router, _) = app(dir.path()).await;
     let one = median_ingest(&router, SPOOL_A, 1).await;
     // Another spool and other times: a second, independent series of batches.
     let three = median_ingest(&router, SPOOL_B, 3).await;

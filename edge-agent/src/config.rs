@@ -73,6 +73,8 @@ backoff_min = "100ms"
 backoff_max = "30s"
 # Request body compression: "zstd", "gzip" or "none".
 compression = "zstd"
+# Batch requests in flight at once while catching up after an outage.
+concurrency = 4
 
 [admin]
 # /healthz and /metrics. Port 0 picks a free port.
@@ -137,6 +139,7 @@ pub struct UplinkSection {
     pub backoff_min: Option<String>,
     pub backoff_max: Option<String>,
     pub compression: Option<String>,
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +169,9 @@ pub struct UplinkConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub compression: Compression,
+    /// Batch requests in flight at once while a backlog drains (default 4).
+    /// Acks stay in seq order; live traffic still goes one batch per linger.
+    pub concurrency: usize,
 }
 
 /// The agent's runtime configuration.
@@ -269,7 +275,11 @@ impl FileConfig {
                 Duration::from_secs(30),
             )?,
             compression,
+            concurrency: up.concurrency.unwrap_or(crate::uplink::DEFAULT_CONCURRENCY),
         };
+        if uplink.concurrency == 0 {
+            bail!("uplink.concurrency must be at least 1");
+        }
         if uplink.max_batch_records == 0 || uplink.max_batch_bytes == 0 {
             bail!("uplink.max_batch_records and uplink.max_batch_bytes must be at least 1");
         }

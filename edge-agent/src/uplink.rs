@@ -33,6 +33,9 @@
 //! forever. After any failure no new request starts until the wait is over,
 //! and only one request at a time is sent until one succeeds again, so a
 //! collector that is down or overloaded sees one probe, not `concurrency`.
+//! A spool read or dead-letter write that fails (the spool reopens its files
+//! after a failed write) is tried again with the same backoff; a failed ack
+//! write is kept in memory by the spool and written with the next ack.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,12 +51,12 @@ use tracing::{debug, error, warn, Instrument};
 
 use crate::config::{Compression, UplinkConfig};
 use crate::metrics::{StatusLabel, UplinkMetrics};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 
 /// Batch requests in flight at once while a backlog drains (`uplink.concurrency`
 /// once the config has it). Four keeps the collector's store busy while the
 /// next batches are encoded and on the wire; more only queue at the collector.
-pub const DEFAULT_CONCURRENCY: usize = 1;
+pub const DEFAULT_CONCURRENCY: usize = 4;
 
 /// What the admin API reports about the uplink.
 #[derive(Debug, Default)]
@@ -118,7 +121,7 @@ impl Uplink {
             }
         };
         let uplink = Arc::new(self);
-        let concurrency = DEFAULT_CONCURRENCY.max(1);
+        let concurrency = uplink.config.concurrency.max(1);
         let mut durable = uplink.spool.subscribe();
         let mut flight = Flight::new(uplink.spool.stats().acked_seq);
         let mut tasks: JoinSet<Attempt> = JoinSet::new();
@@ -130,9 +133,18 @@ impl Uplink {
         let mut window = concurrency;
         // No request starts before this (backoff or Retry-After).
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // Spool calls that failed in a row, for their backoff.
+        let mut spool_failures = 0u32;
         loop {
             let mut linger = None;
             let mut want_data = false;
+            match uplink.settle(&mut flight).await {
+                Ok(()) => {}
+                Err(SpoolTrouble::Panicked) => return,
+                Err(SpoolTrouble::Failed) => {
+                    pause(&mut paused_until, uplink.spool_backoff(&mut spool_failures));
+                }
+            }
             if paused_until.is_some_and(|until| until <= tokio::time::Instant::now()) {
                 paused_until = None;
             }
@@ -143,8 +155,16 @@ impl Uplink {
                     continue;
                 }
                 durable.borrow_and_update();
-                let Some(batch) = uplink.read(flight.read_pos(), batch_limit).await else {
-                    return;
+                let batch = match uplink.read(flight.read_pos(), batch_limit).await {
+                    Ok(batch) => {
+                        spool_failures = 0;
+                        batch
+                    }
+                    Err(SpoolTrouble::Panicked) => return,
+                    Err(SpoolTrouble::Failed) => {
+                        pause(&mut paused_until, uplink.spool_backoff(&mut spool_failures));
+                        break;
+                    }
                 };
                 match uplink.ready(&batch, batch_limit) {
                     Ready::Now => {
@@ -175,12 +195,8 @@ impl Uplink {
                         Answered::Again => {}
                         Answered::Failed(delay) => {
                             window = 1;
-                            let until = tokio::time::Instant::now() + delay;
-                            paused_until = Some(paused_until.map_or(until, |p| p.max(until)));
+                            pause(&mut paused_until, delay);
                         }
-                    }
-                    if !uplink.settle(&mut flight).await {
-                        return;
                     }
                 }
                 changed = durable.changed(), if want_data => {
@@ -290,8 +306,9 @@ impl Uplink {
     }
 
     /// Acknowledges (or dead-letters) the settled batches at the front of
-    /// `flight`, oldest first. False if the spool failed (uplink stops).
-    async fn settle(&self, flight: &mut Flight) -> bool {
+    /// `flight`, oldest first. A batch the dead-letter tree could not take
+    /// stays at the front, to be tried again.
+    async fn settle(&self, flight: &mut Flight) -> Result<(), SpoolTrouble> {
         // Consecutive stored batches become one ack: one meta write, one trim.
         let mut stored: Option<(u64, u64)> = None;
         while let Some(done) = flight.pop_settled() {
@@ -301,41 +318,40 @@ impl Uplink {
                     stored = Some((last_seq, count + records));
                 }
                 Settled::Refused {
+                    first_seq,
                     last_seq,
                     batch,
                     reason,
                 } => {
                     if let Some((upto, count)) = stored.take() {
-                        if !self.acknowledge(upto, count).await {
-                            return false;
-                        }
+                        self.acknowledge(upto, count).await?;
                     }
-                    if !self.dead_letter(batch, reason, last_seq).await {
-                        return false;
+                    if let Err((trouble, batch)) =
+                        self.dead_letter(batch, reason.clone(), last_seq).await
+                    {
+                        flight.unsettle(first_seq, last_seq, batch, reason);
+                        return Err(trouble);
                     }
                 }
             }
         }
         match stored {
             Some((upto, count)) => self.acknowledge(upto, count).await,
-            None => true,
+            None => Ok(()),
         }
     }
 
-    async fn read(&self, after: u64, limit: usize) -> Option<Vec<Envelope>> {
+    /// The wait after a failed spool call; counts the failure.
+    fn spool_backoff(&self, failures: &mut u32) -> Duration {
+        let delay = backoff(*failures, self.config.backoff_min, self.config.backoff_max);
+        *failures = failures.saturating_add(1);
+        delay
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, SpoolTrouble> {
         let spool = self.spool.clone();
         let max_bytes = self.config.max_batch_bytes;
-        match tokio::task::spawn_blocking(move || spool.read_after(after, limit, max_bytes)).await {
-            Ok(Ok(batch)) => Some(batch),
-            Ok(Err(err)) => {
-                error!(error = %err, "cannot read the spool; uplink stopped");
-                None
-            }
-            Err(err) => {
-                error!(error = %err, "spool reader panicked; uplink stopped");
-                None
-            }
-        }
+        blocking("read", move || spool.read_after(after, limit, max_bytes)).await
     }
 
     /// One request for one batch, as a task of its own.
@@ -472,43 +488,75 @@ impl Uplink {
             .inc();
     }
 
-    /// Trims the spool after a 2xx. False if the spool failed (uplink stops).
-    async fn acknowledge(&self, upto: u64, count: u64) -> bool {
+    /// Trims the spool after a 2xx.
+    async fn acknowledge(&self, upto: u64, count: u64) -> Result<(), SpoolTrouble> {
         self.metrics.records.inc_by(count);
         let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.ack(upto, count)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                error!(error = %err, "cannot record the acknowledgement; uplink stopped");
-                false
-            }
-            Err(err) => {
-                error!(error = %err, "spool ack panicked; uplink stopped");
-                false
-            }
+        match blocking("ack", move || spool.ack(upto, count)).await {
+            // The spool keeps a failed acknowledgement in memory and writes
+            // it with the next one; at worst a restart sends the batch again.
+            Err(SpoolTrouble::Failed) => Ok(()),
+            other => other,
         }
     }
 
-    async fn dead_letter(&self, batch: Vec<Envelope>, reason: String, upto: u64) -> bool {
+    /// Keeps a refused batch in the dead letters, then acknowledges it. On
+    /// failure the batch comes back, so that nothing is acknowledged unkept.
+    async fn dead_letter(
+        &self,
+        batch: Vec<Envelope>,
+        reason: String,
+        upto: u64,
+    ) -> Result<(), (SpoolTrouble, Vec<Envelope>)> {
+        let spool = self.spool.clone();
+        let letters = batch.clone();
+        if let Err(trouble) =
+            blocking("dead_letter", move || spool.dead_letter(letters, &reason)).await
+        {
+            return Err((trouble, batch));
+        }
+        // Not counted as stored; a failed ack write is kept in memory, as above.
         let spool = self.spool.clone();
         let count = batch.len() as u64;
-        match tokio::task::spawn_blocking(move || {
-            spool.dead_letter(batch, &reason)?;
-            spool.ack(upto, count)
-        })
-        .await
-        {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                error!(error = %err, "cannot move a refused batch to dead letters; uplink stopped");
-                false
-            }
-            Err(err) => {
-                error!(error = %err, "dead-lettering panicked; uplink stopped");
-                false
-            }
+        match blocking("ack", move || spool.ack(upto, count)).await {
+            Ok(()) | Err(SpoolTrouble::Failed) => Ok(()),
+            Err(SpoolTrouble::Panicked) => Err((SpoolTrouble::Panicked, batch)),
         }
     }
+}
+
+/// Why a spool call from the uplink did not complete (already logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpoolTrouble {
+    /// A storage error. The spool reopens its files after a failed write,
+    /// so the call is tried again after a backoff.
+    Failed,
+    /// The blocking task panicked: a bug, the uplink stops.
+    Panicked,
+}
+
+/// Runs a spool call on the blocking pool (sled reads and writes block).
+async fn blocking<T: Send + 'static>(
+    call: &'static str,
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolTrouble> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => {
+            error!(error = %err, call, "spool call from the uplink failed; trying again");
+            Err(SpoolTrouble::Failed)
+        }
+        Err(err) => {
+            error!(error = %err, call, "spool call panicked; uplink stopped");
+            Err(SpoolTrouble::Panicked)
+        }
+    }
+}
+
+/// Moves `paused_until` to at least `delay` from now.
+fn pause(paused_until: &mut Option<tokio::time::Instant>, delay: Duration) {
+    let until = tokio::time::Instant::now() + delay;
+    *paused_until = Some(paused_until.map_or(until, |p| p.max(until)));
 }
 
 /// Whether the batch just read can be sent.
@@ -572,6 +620,7 @@ enum Settled {
         records: u64,
     },
     Refused {
+        first_seq: u64,
         last_seq: u64,
         batch: Vec<Envelope>,
         reason: String,
@@ -645,9 +694,14 @@ impl Flight {
         }
     }
 
-    /// Replaces the batch by its two halves, both queued.
+    /// Replaces the batch by its two halves, both queued (callers split only
+    /// batches of two or more; a smaller one is just queued again).
     fn split(&mut self, first: u64, mut batch: Vec<Envelope>) {
-        if self.slots.remove(&first).is_none() || batch.len() < 2 {
+        if batch.len() < 2 {
+            self.failed(first, batch);
+            return;
+        }
+        if self.slots.remove(&first).is_none() {
             return;
         }
         let second = batch.split_off(batch.len() / 2);
@@ -667,19 +721,34 @@ impl Flight {
         }
     }
 
+    /// Puts back a refused batch that could not be dead-lettered yet.
+    fn unsettle(&mut self, first: u64, last_seq: u64, batch: Vec<Envelope>, reason: String) {
+        let records = batch.len() as u64;
+        self.slots.insert(
+            first,
+            Slot {
+                last_seq,
+                records,
+                failures: 0,
+                state: SlotState::Refused { batch, reason },
+            },
+        );
+    }
+
     /// Removes and returns the oldest batch if it is settled.
     fn pop_settled(&mut self) -> Option<Settled> {
         let entry = self.slots.first_entry()?;
         if matches!(entry.get().state, SlotState::Queued(_) | SlotState::Sending) {
             return None;
         }
-        let slot = entry.remove();
+        let (first_seq, slot) = entry.remove_entry();
         match slot.state {
             SlotState::Stored => Some(Settled::Stored {
                 last_seq: slot.last_seq,
                 records: slot.records,
             }),
             SlotState::Refused { batch, reason } => Some(Settled::Refused {
+                first_seq,
                 last_seq: slot.last_seq,
                 batch,
                 reason,
@@ -820,5 +889,25 @@ mod tests {
         assert!(settled(&mut flight).is_empty());
         flight.refused(h1, first_half, "400".into());
         assert_eq!(settled(&mut flight), vec![(4, 4), (9, 5), (12, 3)]);
+    }
+
+    #[test]
+    fn a_refused_batch_put_back_settles_again_first() {
+        let mut flight = Flight::new(0);
+        let a = flight.push_sending(&batch(1..=2)).unwrap();
+        let b = flight.push_sending(&batch(3..=4)).unwrap();
+        flight.refused(a, batch(1..=2), "400".into());
+        flight.stored(b);
+        let Some(Settled::Refused {
+            first_seq,
+            last_seq,
+            batch,
+            reason,
+        }) = flight.pop_settled()
+        else {
+            panic!("the refused batch settles first");
+        };
+        flight.unsettle(first_seq, last_seq, batch, reason);
+        assert_eq!(settled(&mut flight), vec![(2, 2), (4, 2)]);
     }
 }

@@ -41,6 +41,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Devices publish flat out to an in-process gateway; prints acknowledged msg/s.
     Ingest(crate::bench::BenchArgs),
+    /// Spool readings with the collector down, start it, time the catch-up (real binaries).
+    Drain(crate::bench::DrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +134,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Verify(args) => verify_command(args, shutdown).await,
         Command::Demo(args) => crate::demo::demo(args, shutdown).await,
         Command::Bench(BenchCommand::Ingest(args)) => crate::bench::ingest(args, shutdown).await,
+        Command::Bench(BenchCommand::Drain(args)) => crate::bench::drain(args, shutdown).await,
     }
 }
 

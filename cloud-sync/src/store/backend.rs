@@ -2,7 +2,7 @@
 //!
 //! Methods return boxed futures so that the trait stays object safe
 //! (`Arc<dyn Store>`): the sled backend runs its blocking work on
-//! `spawn_blocking`, a PostgreSQL backend would await its client.
+//! `spawn_blocking`, the PostgreSQL backend awaits its pooled connections.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,16 +68,18 @@ pub trait Store: Send + Sync + 'static {
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (I/O error, full disk, lost connection). Nothing was
-    /// acknowledged; the client should retry later and an operator should look.
+    /// The backend failed (I/O error, full disk, lost or refused database
+    /// connection, failed migration). Nothing was acknowledged; the client
+    /// should retry later and an operator should look.
     #[error("storage backend failed: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A stored record does not decode: the data on disk is damaged or was
     /// written by an incompatible version. An operator must act.
     #[error("stored record in {tree} is corrupt: {reason}")]
     Corrupt { tree: &'static str, reason: String },
-    /// The store was created by a version with another layout; migrate or
-    /// point the collector at another data directory.
+    /// The store was created by a version with another layout (sled), or
+    /// migrated by a newer collector (PostgreSQL); run a matching collector
+    /// or point this one at another data directory or database.
     #[error("store schema version is {found}, this collector reads version {expected}")]
     Schema { found: u32, expected: u32 },
     /// The directory holds a sled database that is not a collector store

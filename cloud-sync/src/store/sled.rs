@@ -779,6 +779,8 @@ fn summary(key: &[u8], value: &[u8]) -> Result<DeviceSummary, StoreError> {
     })
 }
 
+/// Sled-specific behaviour; what every backend must do is the storage
+/// suite's (`tests/suite/`), run on this store by `tests/suite_sled.rs`.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,180 +829,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         (dir, store)
-    }
-
-    #[test]
-    fn a_retried_batch_is_all_duplicates() {
-        let (_dir, store) = open();
-        let b = batch(
-            SPOOL,
-            vec![
-                envelope(1, "d", vec![point("t", 10, 1.0)]),
-                envelope(2, "d", vec![point("t", 20, 2.0)]),
-            ],
-        );
-        let first = store.inner.ingest(&b).unwrap();
-        assert_eq!((first.accepted, first.duplicates, first.points), (2, 0, 2));
-        let again = store.inner.ingest(&b).unwrap();
-        assert_eq!((again.accepted, again.duplicates, again.points), (0, 2, 0));
-        let gw = &store.inner.gateways().unwrap()[0];
-        assert_eq!((gw.batches, gw.accepted, gw.duplicates), (2, 2, 2));
-    }
-
-    #[test]
-    fn a_resent_reading_under_a_new_seq_is_stored_once() {
-        let (_dir, store) = open();
-        let out = store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![
-                    envelope(1, "d", vec![point("t", 10, 1.0)]),
-                    envelope(2, "d", vec![point("t", 10, 1.0)]),
-                ],
-            ))
-            .unwrap();
-        assert_eq!((out.accepted, out.points, out.duplicate_points), (2, 1, 1));
-        let out = store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![envelope(3, "d", vec![point("t", 10, 9.0)])],
-            ))
-            .unwrap();
-        assert_eq!((out.accepted, out.points, out.duplicate_points), (1, 0, 1));
-        let points = store
-            .inner
-            .points(&series("d", "t", None, None), 10)
-            .unwrap();
-        assert_eq!(points.len(), 1);
-        assert_eq!(points[0].value, Value::Float(1.0));
-        assert_eq!(store.inner.device("d").unwrap().unwrap().points, 1);
-    }
-
-    #[test]
-    fn the_same_seq_of_another_spool_is_new() {
-        let (_dir, store) = open();
-        store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![envelope(1, "d", vec![point("t", 1, 1.0)])],
-            ))
-            .unwrap();
-        let other = "ffeeddccbbaa99887766554433221100";
-        let out = store
-            .inner
-            .ingest(&batch(
-                other,
-                vec![envelope(1, "d", vec![point("t", 2, 2.0)])],
-            ))
-            .unwrap();
-        assert_eq!((out.accepted, out.duplicates), (1, 0));
-        assert_eq!(store.inner.gateways().unwrap()[0].spool_id, other);
-    }
-
-    #[test]
-    fn range_scans_respect_bounds_and_series() {
-        let (_dir, store) = open();
-        let pts = (0..10).map(|i| point("t", i, i as f64)).collect();
-        store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![
-                    envelope(1, "d", pts),
-                    envelope(2, "d", vec![point("t2", 5, 50.0), point("s", -5, -1.0)]),
-                    envelope(3, "d.x", vec![point("t", 5, 70.0)]),
-                ],
-            ))
-            .unwrap();
-        let times = |from, to| -> Vec<i64> {
-            store
-                .inner
-                .points(&series("d", "t", from, to), 100)
-                .unwrap()
-                .into_iter()
-                .map(|p| p.time_ns / S)
-                .collect()
-        };
-        assert_eq!(times(None, None), (0..10).collect::<Vec<_>>());
-        assert_eq!(times(Some(3 * S), Some(6 * S)), vec![3, 4, 5]);
-        assert_eq!(times(Some(9 * S), None), vec![9]);
-        assert_eq!(times(None, Some(S)), vec![0]);
-        assert_eq!(
-            store
-                .inner
-                .points(&series("d", "t", None, None), 4)
-                .unwrap()
-                .len(),
-            4
-        );
-        let neg = store
-            .inner
-            .points(&series("d", "s", None, None), 9)
-            .unwrap();
-        assert_eq!(neg[0].time_ns, -5 * S);
-        assert_eq!(
-            store
-                .inner
-                .series_bounds(&series("d", "t", Some(2 * S), None))
-                .unwrap(),
-            Some((2 * S, 9 * S))
-        );
-        assert_eq!(
-            store
-                .inner
-                .series_bounds(&series("d", "none", None, None))
-                .unwrap(),
-            None
-        );
-        let device = store.inner.device("d").unwrap().unwrap();
-        assert_eq!(device.measurements, vec!["s", "t", "t2"]);
-        assert_eq!(device.points, 12);
-    }
-
-    #[test]
-    fn documents_are_kept_and_found_by_time() {
-        let (_dir, store) = open();
-        let doc = |seq, kind| PreparedEnvelope {
-            seq,
-            device_id: "d".into(),
-            received_at_ms: seq * 1000,
-            content: Content::Document(Document {
-                topic: "devices/d/telemetry".into(),
-                payload: vec![seq as u8, 0xff],
-                kind,
-                reason: "why".into(),
-            }),
-        };
-        let out = store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![
-                    doc(1, DocumentKind::Opaque),
-                    doc(2, DocumentKind::Invalid),
-                    doc(3, DocumentKind::Opaque),
-                ],
-            ))
-            .unwrap();
-        assert_eq!((out.documents, out.invalid_documents), (3, 1));
-        let all = store
-            .inner
-            .documents("d", TimeRange::default(), 10)
-            .unwrap();
-        assert_eq!(all.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(all[1].document.kind, DocumentKind::Invalid);
-        assert_eq!(all[1].document.payload, vec![2, 0xff]);
-        assert_eq!(all[1].spool_id, SPOOL);
-        let range = TimeRange {
-            from: Some(2 * S),
-            to: Some(3 * S),
-        };
-        let some = store.inner.documents("d", range, 10).unwrap();
-        assert_eq!(some.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(store.inner.device("d").unwrap().unwrap().documents, 3);
     }
 
     #[test]
@@ -1140,35 +968,6 @@ mod tests {
             .collect();
         let model: Vec<u64> = model.into_iter().collect();
         assert_eq!(stored, intervals::runs(&model));
-    }
-
-    #[test]
-    fn a_batch_spanning_a_long_history_still_finds_held_points() {
-        let (_dir, store) = open();
-        let history = (0..500).map(|i| point("t", i, i as f64)).collect();
-        store
-            .inner
-            .ingest(&batch(SPOOL, vec![envelope(1, "d", history)]))
-            .unwrap();
-        // Two points at both ends of the history: the window holds 500 stored
-        // points, more than the scan budget, so lookups are used.
-        let out = store
-            .inner
-            .ingest(&batch(
-                SPOOL,
-                vec![envelope(
-                    2,
-                    "d",
-                    vec![
-                        point("t", 0, 9.0),
-                        point("t", 499, 9.0),
-                        point("t", 600, 9.0),
-                    ],
-                )],
-            ))
-            .unwrap();
-        assert_eq!((out.points, out.duplicate_points), (1, 2));
-        assert_eq!(store.inner.device("d").unwrap().unwrap().points, 501);
     }
 
     #[test]

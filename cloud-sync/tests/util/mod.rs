@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests: building batches and SenML
-//! payloads, driving the router in-process, and running a real server.
+//! payloads, driving the router in-process, running a real server, and
+//! fresh stores of either backend (`backend.rs`, `postgres.rs`).
 
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod backend;
+pub mod crash;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,13 +36,13 @@ pub fn config(dir: &Path) -> Config {
     config
 }
 
-/// A router over a fresh store in `dir`, with its state.
-pub fn app(dir: &Path) -> (Router, AppState) {
-    app_with(config(dir))
+/// A router over the sled store in `dir`, with its state.
+pub async fn app(dir: &Path) -> (Router, AppState) {
+    app_with(config(dir)).await
 }
 
-pub fn app_with(config: Config) -> (Router, AppState) {
-    let state = AppState::open(&config).unwrap();
+pub async fn app_with(config: Config) -> (Router, AppState) {
+    let state = AppState::open(&config).await.unwrap();
     (router(state.clone()), state)
 }
 

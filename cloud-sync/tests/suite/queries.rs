@@ -1,21 +1,20 @@
 //! The query API returns exactly what was ingested: values, units, times,
 //! order, window bounds, and aggregates computed over a known series.
 
-mod util;
-
 use axum::http::StatusCode;
 use serde_json::json;
 use telemetry::Value;
-use util::*;
+
+use crate::util::backend::TestStore;
+use crate::util::*;
 
 /// Start of the known series: a multiple of 60 s.
 const T0: f64 = 1_700_000_040.0;
 
 /// Ingests `temp` of `dev-1`: value i at T0 + 10 i seconds, i = 0..12, in two
 /// batches sent out of order, plus a `door` series and another device.
-async fn seeded() -> (tempfile::TempDir, axum::Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+async fn seeded(t: &TestStore) -> axum::Router {
+    let (router, _) = t.app();
     let envelopes: Vec<_> = (0..12)
         .map(|i| float_envelope(i + 1, "dev-1", "temp", T0 + 10.0 * i as f64, i as f64))
         .collect();
@@ -38,7 +37,7 @@ async fn seeded() -> (tempfile::TempDir, axum::Router) {
         ),
     )
     .await;
-    (dir, router)
+    router
 }
 
 fn times(points: &serde_json::Value) -> Vec<f64> {
@@ -50,9 +49,8 @@ fn times(points: &serde_json::Value) -> Vec<f64> {
         .collect()
 }
 
-#[tokio::test]
-async fn points_come_back_in_time_order_with_values_and_units() {
-    let (_dir, router) = seeded().await;
+pub async fn points_come_back_in_time_order_with_values_and_units(t: TestStore) {
+    let router = seeded(&t).await;
     let points = get_ok(&router, "/v1/devices/dev-1/points?name=temp").await;
     assert_eq!(points["device_id"], "dev-1");
     assert_eq!(points["name"], "temp");
@@ -62,9 +60,8 @@ async fn points_come_back_in_time_order_with_values_and_units() {
     assert_eq!(points["points"], json!(expected));
 }
 
-#[tokio::test]
-async fn from_is_inclusive_and_to_exclusive() {
-    let (_dir, router) = seeded().await;
+pub async fn from_is_inclusive_and_to_exclusive(t: TestStore) {
+    let router = seeded(&t).await;
     let uri = format!(
         "/v1/devices/dev-1/points?name=temp&from={}&to={}",
         T0 + 20.0,
@@ -85,9 +82,8 @@ async fn from_is_inclusive_and_to_exclusive() {
     );
 }
 
-#[tokio::test]
-async fn series_do_not_leak_into_each_other() {
-    let (_dir, router) = seeded().await;
+pub async fn series_do_not_leak_into_each_other(t: TestStore) {
+    let router = seeded(&t).await;
     let other = get_ok(&router, "/v1/devices/dev-1.b/points?name=temp").await;
     assert_eq!(times(&other), vec![T0]);
     let door = get_ok(&router, "/v1/devices/dev-1/points?name=door").await;
@@ -96,9 +92,8 @@ async fn series_do_not_leak_into_each_other() {
     assert_eq!(none["points"], json!([]));
 }
 
-#[tokio::test]
-async fn aggregates_over_a_known_series() {
-    let (_dir, router) = seeded().await;
+pub async fn aggregates_over_a_known_series(t: TestStore) {
+    let router = seeded(&t).await;
     // T0 is a multiple of 60: buckets [T0, T0+60) hold 0..=5, [T0+60, T0+120) hold 6..=11.
     let agg = get_ok(&router, "/v1/devices/dev-1/aggregates?name=temp&step=60").await;
     assert_eq!(agg["step"], 60.0);
@@ -138,9 +133,8 @@ async fn aggregates_over_a_known_series() {
     );
 }
 
-#[tokio::test]
-async fn bools_aggregate_as_zero_and_one() {
-    let (_dir, router) = seeded().await;
+pub async fn bools_aggregate_as_zero_and_one(t: TestStore) {
+    let router = seeded(&t).await;
     let agg = get_ok(&router, "/v1/devices/dev-1/aggregates?name=door&step=3600").await;
     let start = (T0 / 3600.0).floor() * 3600.0;
     assert_eq!(
@@ -149,9 +143,8 @@ async fn bools_aggregate_as_zero_and_one() {
     );
 }
 
-#[tokio::test]
-async fn too_many_buckets_are_refused() {
-    let (_dir, router) = seeded().await;
+pub async fn too_many_buckets_are_refused(t: TestStore) {
+    let router = seeded(&t).await;
     let answer = get(
         &router,
         "/v1/devices/dev-1/aggregates?name=temp&step=1&from=0&to=1700000000",
@@ -179,9 +172,8 @@ async fn too_many_buckets_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn unknown_devices_are_404_and_bad_parameters_400() {
-    let (_dir, router) = seeded().await;
+pub async fn unknown_devices_are_404_and_bad_parameters_400(t: TestStore) {
+    let router = seeded(&t).await;
     let answer = get(&router, "/v1/devices/nobody/points?name=temp").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.json["error"]["code"], "not_found");
@@ -213,9 +205,8 @@ async fn unknown_devices_are_404_and_bad_parameters_400() {
     assert_eq!(answer.json["error"]["code"], "not_found");
 }
 
-#[tokio::test]
-async fn devices_and_gateways_are_listed() {
-    let (_dir, router) = seeded().await;
+pub async fn devices_and_gateways_are_listed(t: TestStore) {
+    let router = seeded(&t).await;
     let devices = get_ok(&router, "/v1/devices").await;
     assert_eq!(
         devices,
@@ -236,9 +227,8 @@ async fn devices_and_gateways_are_listed() {
     assert_eq!(gw["backlog"], 0);
 }
 
-#[tokio::test]
-async fn health_and_metrics_answer() {
-    let (_dir, router) = seeded().await;
+pub async fn health_and_metrics_answer(t: TestStore) {
+    let router = seeded(&t).await;
     let health = get(&router, "/healthz").await;
     assert_eq!(
         (health.status, health.text.as_str()),

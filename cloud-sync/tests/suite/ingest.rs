@@ -1,16 +1,14 @@
 //! `POST /v1/batches` through `Router::oneshot`: authentication, validation,
 //! idempotence by `(gateway_id, spool_id, seq)` and by point identity.
 
-mod util;
-
 use axum::http::StatusCode;
 use telemetry::{encode_batch, Value};
-use util::*;
 
-#[tokio::test]
-async fn a_batch_is_accepted_and_its_points_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+use crate::util::backend::TestStore;
+use crate::util::*;
+
+pub async fn a_batch_is_accepted_and_its_points_stored(t: TestStore) {
+    let (router, _) = t.app();
     let b = batch(
         "gw-1",
         SPOOL_A,
@@ -32,10 +30,8 @@ async fn a_batch_is_accepted_and_its_points_stored() {
     assert_eq!(devices[1]["device_id"], "dev-2");
 }
 
-#[tokio::test]
-async fn the_same_batch_twice_answers_all_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn the_same_batch_twice_answers_all_duplicates(t: TestStore) {
+    let (router, _) = t.app();
     let b = batch(
         "gw-1",
         SPOOL_A,
@@ -54,10 +50,8 @@ async fn the_same_batch_twice_answers_all_duplicates() {
     assert_eq!(gw["duplicates"], 5);
 }
 
-#[tokio::test]
-async fn overlapping_batches_count_only_the_new_envelopes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn overlapping_batches_count_only_the_new_envelopes(t: TestStore) {
+    let (router, _) = t.app();
     let envelopes = |range: std::ops::RangeInclusive<u64>| {
         range
             .map(|seq| {
@@ -89,10 +83,8 @@ async fn overlapping_batches_count_only_the_new_envelopes() {
     assert_eq!(values, (1..=15).map(|v| v as f64).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn a_reading_resent_under_another_seq_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, state) = app(dir.path());
+pub async fn a_reading_resent_under_another_seq_is_stored_once(t: TestStore) {
+    let (router, state) = t.app();
     // The device resent after a lost PUBACK: same name and time, new seq.
     let first = batch(
         "gw",
@@ -119,10 +111,8 @@ async fn a_reading_resent_under_another_seq_is_stored_once() {
     );
 }
 
-#[tokio::test]
-async fn a_new_spool_of_a_known_gateway_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn a_new_spool_of_a_known_gateway_is_accepted(t: TestStore) {
+    let (router, _) = t.app();
     let before = batch(
         "gw",
         SPOOL_A,
@@ -142,10 +132,8 @@ async fn a_new_spool_of_a_known_gateway_is_accepted() {
     assert_eq!(gateways["gateways"][0]["spool_id"], SPOOL_B);
 }
 
-#[tokio::test]
-async fn concurrent_retries_of_one_batch_accept_each_envelope_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn concurrent_retries_of_one_batch_accept_each_envelope_once(t: TestStore) {
+    let (router, _) = t.app();
     let b = batch(
         "gw",
         SPOOL_A,
@@ -171,10 +159,8 @@ async fn concurrent_retries_of_one_batch_accept_each_envelope_once() {
     assert_eq!(duplicates, 7 * 50);
 }
 
-#[tokio::test]
-async fn a_missing_or_wrong_token_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, state) = app(dir.path());
+pub async fn a_missing_or_wrong_token_is_refused(t: TestStore) {
+    let (router, state) = t.app();
     let body = encode_batch(&batch("gw", SPOOL_A, vec![]));
     for token in [None, Some("wrong"), Some("")] {
         let answer = post_raw(&router, body.clone(), token, None).await;
@@ -192,10 +178,8 @@ async fn a_missing_or_wrong_token_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn malformed_cbor_is_a_bad_request_with_a_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn malformed_cbor_is_a_bad_request_with_a_message(t: TestStore) {
+    let (router, _) = t.app();
     let answer = post_raw(&router, b"\xa1\x61not a batch".to_vec(), Some(TOKEN), None).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(answer.json["error"]["code"], "bad_request");
@@ -203,10 +187,8 @@ async fn malformed_cbor_is_a_bad_request_with_a_message() {
     assert!(message.starts_with("invalid sync batch"), "{message}");
 }
 
-#[tokio::test]
-async fn invalid_ids_are_bad_requests_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn invalid_ids_are_bad_requests_naming_the_field(t: TestStore) {
+    let (router, _) = t.app();
     let cases = [
         (batch("gw/1", SPOOL_A, vec![]), "gateway_id"),
         (batch("gw", "not-hex", vec![]), "spool_id"),
@@ -233,10 +215,8 @@ async fn invalid_ids_are_bad_requests_naming_the_field() {
     );
 }
 
-#[tokio::test]
-async fn other_media_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn other_media_are_refused(t: TestStore) {
+    let (router, _) = t.app();
     let body = encode_batch(&batch("gw", SPOOL_A, vec![]));
     let answer = post_raw(&router, body.clone(), Some(TOKEN), Some("br")).await;
     assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -245,10 +225,8 @@ async fn other_media_are_refused() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
 }
 
-#[tokio::test]
-async fn opaque_and_undecodable_payloads_are_kept_as_documents() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, state) = app(dir.path());
+pub async fn opaque_and_undecodable_payloads_are_kept_as_documents(t: TestStore) {
+    let (router, state) = t.app();
     let opaque = serde_cbor::to_vec(&serde_cbor::Value::Text("firmware 1.2".into())).unwrap();
     let broken = vec![0x9f, 0x01]; // an indefinite array that never ends
     let b = batch(
@@ -286,10 +264,8 @@ async fn opaque_and_undecodable_payloads_are_kept_as_documents() {
     );
 }
 
-#[tokio::test]
-async fn a_sum_only_record_is_stored_as_its_sum() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn a_sum_only_record_is_stored_as_its_sum(t: TestStore) {
+    let (router, _) = t.app();
     let pack = senml(&[telemetry::senml::RawRecord {
         name: Some("energy".into()),
         unit: Some("J".into()),
@@ -309,10 +285,8 @@ async fn a_sum_only_record_is_stored_as_its_sum() {
     );
 }
 
-#[tokio::test]
-async fn an_empty_batch_updates_the_gateway_backlog() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn an_empty_batch_updates_the_gateway_backlog(t: TestStore) {
+    let (router, _) = t.app();
     let mut b = batch("gw", SPOOL_A, vec![]);
     b.backlog = 1234;
     assert_eq!(post_batch(&router, &b).await, (0, 0));
@@ -322,10 +296,8 @@ async fn an_empty_batch_updates_the_gateway_backlog() {
     assert!(gw["last_sync"].as_f64().unwrap() > 1.7e9);
 }
 
-#[tokio::test]
-async fn every_value_kind_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let (router, _) = app(dir.path());
+pub async fn every_value_kind_round_trips(t: TestStore) {
+    let (router, _) = t.app();
     let pack = senml(&[
         reading("door", 1_700_000_000.0, Value::Bool(true), None),
         reading("door", 1_700_000_001.0, Value::Bool(false), None),
@@ -344,4 +316,21 @@ async fn every_value_kind_round_trips() {
     let raw = get_ok(&router, "/v1/devices/d/points?name=raw").await;
     assert_eq!(raw["points"][0]["value"], "dead");
     assert_eq!(raw["points"][0]["type"], "bytes");
+}
+
+pub async fn a_string_with_nul_is_kept_as_a_document(t: TestStore) {
+    let (router, _) = t.app();
+    let pack = senml(&[
+        reading("state", 1_700_000_000.0, Value::String("on\0".into()), None),
+        reading("temp", 1_700_000_000.0, Value::Float(1.0), Some("C\0")),
+    ]);
+    let mut odd = envelope(1, "d", pack.clone());
+    odd.topic = "devices/d/\0".into();
+    post_batch(&router, &batch("gw", SPOOL_A, vec![odd])).await;
+    let docs = get_ok(&router, "/v1/devices/d/documents").await;
+    let doc = &docs["documents"][0];
+    assert_eq!(doc["kind"], "invalid");
+    assert_eq!(doc["payload"], hex::encode(&pack));
+    assert_eq!(doc["topic"], "devices/d/\u{fffd}");
+    assert!(doc["reason"].as_str().unwrap().contains("U+0000"), "{doc}");
 }
