@@ -486,8 +486,9 @@ impl Spool {
         self.inner.durable_tx.subscribe()
     }
 
-    /// Up to `max_records` pending readings (and about `max_bytes`) whose seq
-    /// is above `after`, in seq order. Acknowledged readings are never returned. A
+    /// Up to `max_records` pending, durable readings (and about `max_bytes`)
+    /// whose seq is above `after`, in seq order. Acknowledged readings are
+    /// never returned. A
     /// block that no longer decodes is moved to the `corrupt_blocks` tree
     /// (counted, logged) instead of stopping the uplink for good.
     pub fn read_after(
@@ -497,6 +498,11 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Envelope>, SpoolError> {
         let after = after.max(self.inner.counters.acked_seq.load(Ordering::Acquire));
+        // Only what a successful flush made durable: a group whose flush
+        // failed may linger in sled's memory, and its seqs may be handed out
+        // again after a restart; uploading it could make the collector drop
+        // later readings under those seqs as duplicates.
+        let durable = *self.inner.durable_tx.borrow();
         self.inner.files.with(|trees| {
             let storage = |source| self.storage(source);
             // The block holding `after + 1` starts at or before it.
@@ -523,6 +529,9 @@ impl Spool {
                 for envelope in envelopes {
                     if envelope.seq <= after {
                         continue;
+                    }
+                    if envelope.seq > durable {
+                        return Ok(out);
                     }
                     bytes += envelope.approx_size();
                     out.push(envelope);

@@ -5,3 +5,4 @@
 
 pub mod collector;
 pub mod mqtt_stub;
+pub mod procs;
