@@ -190,6 +190,9 @@ pub(super) fn run(
     // until it is reopened, which is retried every REOPEN_INTERVAL.
     let mut broken: Option<Instant> = None;
     let mut drops = DropLog::default();
+    // Failed groups since the last ERROR line, and when that line was written.
+    let mut failures = 0u64;
+    let mut last_failure_log: Option<Instant> = None;
     let mut last_expiry = Instant::now();
     loop {
         let first = match rx.recv_timeout(TICK) {
@@ -243,7 +246,20 @@ pub(super) fn run(
                     broken = Some(Instant::now());
                 }
                 metrics.write_errors.inc();
-                error!(error = %err, first_seq, last_seq, "spool write failed; acknowledgements withheld");
+                failures += 1;
+                // Every failed group is counted; the log gets one line per
+                // interval, so a full disk does not also flood the journal.
+                if last_failure_log.is_none_or(|at: Instant| at.elapsed() >= DROP_LOG_INTERVAL) {
+                    error!(
+                        error = %err,
+                        first_seq,
+                        last_seq,
+                        failed_groups = failures,
+                        "spool write failed; acknowledgements withheld (logged every 10 s at most)"
+                    );
+                    last_failure_log = Some(Instant::now());
+                    failures = 0;
+                }
                 durability.complete(last_seq, Some((first_seq, err.to_string())));
             }
         }
