@@ -152,6 +152,14 @@ impl Agent {
     }
 }
 
+/// The wall clock in milliseconds since the epoch: the time base of
+/// `received_at`, linger deadlines, expiry and the status page.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Starts the agent and runs it until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     Agent::start(config).await?.run(shutdown).await

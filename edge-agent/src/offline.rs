@@ -2,6 +2,7 @@
 //! files directly, so they refuse to run while an agent holds them.
 //! Output is a readable table by default and JSON with `--json`.
 
+use crate::now_ms;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -215,10 +216,4 @@ pub fn dead_letters(spool: &Spool, json: bool, out: &mut impl Write) -> anyhow::
     }
     writeln!(out, "{} dead letters", letters.len())?;
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -2,6 +2,7 @@
 //! twice, a second apart, and shows what a person on the gateway needs:
 //! connected devices, ingest rate, spool depth and age, uplink state.
 
+use crate::now_ms;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -70,10 +71,4 @@ pub async fn status(base: &str, json: bool, out: &mut impl Write) -> anyhow::Res
         writeln!(out, "{name:<20} {value}")?;
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

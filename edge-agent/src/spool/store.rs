@@ -517,15 +517,20 @@ impl Spool {
             let mut bytes = 0;
             for entry in trees.queue.range(start..) {
                 let (key, value) = entry.map_err(storage)?;
-                let envelopes =
-                    match block::header(&value).and_then(|h| Ok((h, block::decode(&value)?))) {
-                        Ok((header, _)) if header.last_seq <= after => continue,
-                        Ok((_, envelopes)) => envelopes,
-                        Err(err) => {
-                            self.set_aside(trees, &key, &value, &err)?;
-                            continue;
-                        }
-                    };
+                // The header alone tells whether the block was read already;
+                // only blocks with something to return are decoded.
+                let decoded = match block::header(&value) {
+                    Ok(header) if header.last_seq <= after => continue,
+                    Ok(_) => block::decode(&value),
+                    Err(err) => Err(err),
+                };
+                let envelopes = match decoded {
+                    Ok(envelopes) => envelopes,
+                    Err(err) => {
+                        self.set_aside(trees, &key, &value, &err)?;
+                        continue;
+                    }
+                };
                 for envelope in envelopes {
                     if envelope.seq <= after {
                         continue;

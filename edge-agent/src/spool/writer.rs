@@ -12,6 +12,7 @@
 //! A failed write marks its seqs failed: their PUBACKs are withheld and the
 //! devices resend after reconnecting.
 
+use crate::now_ms;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -345,12 +346,6 @@ fn expire(
         }
         Err(err) => warn!(error = %err, "spool expiry failed; will retry"),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// After a failed write, reopens the files at most once per interval.
