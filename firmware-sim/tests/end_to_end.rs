@@ -34,20 +34,25 @@ async fn ten_thousand_readings_arrive_exactly_once() {
     file.uplink.token = Some(TOKEN.into());
     let agent = Agent::start(file.validate().unwrap()).await.unwrap();
 
-    let summary = run_fleet(
-        FleetConfig {
-            broker: agent.mqtt_addr().to_string(),
-            devices: DEVICES,
-            readings_per_device: Some(READINGS),
-            rate: 0.0,
-            qos: 1,
-            inflight: 10,
-            progress: false,
-            ..FleetConfig::default()
-        },
-        CancellationToken::new(),
+    // Bounded: a delivery bug must fail this test, not hang CI.
+    let summary = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_fleet(
+            FleetConfig {
+                broker: agent.mqtt_addr().to_string(),
+                devices: DEVICES,
+                readings_per_device: Some(READINGS),
+                rate: 0.0,
+                qos: 1,
+                inflight: 10,
+                progress: false,
+                ..FleetConfig::default()
+            },
+            CancellationToken::new(),
+        ),
     )
     .await
+    .expect("the fleet finished within 120 s")
     .unwrap();
     let expected = DEVICES as u64 * READINGS;
     assert_eq!(summary.acked, expected, "every reading acknowledged");
