@@ -273,3 +273,51 @@ async fn a_publish_outside_the_device_topics_closes_the_connection() {
         "a refused topic is filed under the client id"
     );
 }
+
+/// Waits for this client's CONNACK; false if the connection failed first.
+async fn connack(events: &mut EventLoop) -> bool {
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A device that gives up on a connection right after CONNECT (a flaky link,
+/// a connect timeout under load) and then reconnects with the same client id.
+/// rumqttd 0.20.0 kept a dead will-handler for the first connection, panicked
+/// on the second while holding the handlers' lock, and from then on every
+/// connection of every client panicked: the gateway took no more devices.
+/// Fixed in vendor/rumqttd (PATCHES.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_before_connack_does_not_lock_out_its_client_id() {
+    use tokio::io::AsyncWriteExt;
+
+    let sink = Arc::new(MemorySink::default());
+    let broker = start(sink);
+    // MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "flaky".
+    let connect: &[u8] = &[
+        0x10, 17, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 60, 0x00, 0x05, b'f',
+        b'l', b'a', b'k', b'y',
+    ];
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        stream.write_all(connect).await.unwrap();
+        // Linger 0: close with a reset, so writing the CONNACK fails.
+        stream.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in ["flaky", "bystander"] {
+        let (_client, mut events) = client(&broker, id);
+        let accepted = tokio::time::timeout(Duration::from_secs(5), connack(&mut events)).await;
+        assert!(
+            matches!(accepted, Ok(true)),
+            "client {id} was not accepted after resets of \"flaky\""
+        );
+    }
+}
