@@ -299,8 +299,8 @@ async fn a_connection_reset_before_connack_does_not_lock_out_its_client_id() {
     let broker = start(sink);
     // MQTT 3.1.1 CONNECT, clean session, keep-alive 60 s, client id "flaky".
     let connect: &[u8] = &[
-        0x10, 17, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 60, 0x00, 0x05, b'f',
-        b'l', b'a', b'k', b'y',
+        0x10, 17, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 60, 0x00, 0x05, b'f', b'l',
+        b'a', b'k', b'y',
     ];
     for _ in 0..20 {
         let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
@@ -308,7 +308,7 @@ async fn a_connection_reset_before_connack_does_not_lock_out_its_client_id() {
             .unwrap();
         stream.write_all(connect).await.unwrap();
         // Linger 0: close with a reset, so writing the CONNACK fails.
-        stream.set_linger(Some(Duration::ZERO)).unwrap();
+        stream.set_zero_linger().unwrap();
         drop(stream);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

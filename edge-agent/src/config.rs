@@ -56,6 +56,9 @@ max_age = "7days"
 # edge_spool_dropped_total{reason="full"}); "reject-new": stop acknowledging
 # QoS 1 publishes, so devices keep their readings and resend them later.
 full_policy = "drop-oldest"
+# Free space left on the spool's filesystem (capped at 5 % of it): below it,
+# new readings get no PUBACK, as on a full disk, before sled runs out of room.
+min_free_bytes = 67108864
 
 [uplink]
 # Base URL of the cloud-sync collector.
@@ -125,6 +128,7 @@ pub struct SpoolSection {
     pub max_bytes: Option<u64>,
     pub max_age: Option<String>,
     pub full_policy: Option<String>,
+    pub min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +335,7 @@ impl SpoolSection {
             max_dead_letters: self
                 .max_dead_letters
                 .unwrap_or(spool_defaults.max_dead_letters),
+            min_free_bytes: self.min_free_bytes.unwrap_or(spool_defaults.min_free_bytes),
             ..spool_defaults
         };
         if spool.max_bytes < 64 * 1024 {

@@ -31,6 +31,8 @@ pub struct SpoolMetrics {
     pub dropped: Family<broker::ReasonLabel, Counter>,
     /// Readings refused because the spool was full (policy reject-new).
     pub rejected_full: Counter,
+    /// Readings refused because the disk was below `min_free_bytes`.
+    pub rejected_disk: Counter,
     /// Spools found corrupt at start and moved aside.
     pub quarantined: Counter,
     /// Stored blocks that no longer decode, moved out of the queue.
@@ -50,6 +52,7 @@ impl Default for SpoolMetrics {
             bytes: Gauge::default(),
             dropped: Family::default(),
             rejected_full: Counter::default(),
+            rejected_disk: Counter::default(),
             quarantined: Counter::default(),
             corrupt_blocks: Counter::default(),
         }
@@ -146,6 +149,11 @@ pub fn registry(
         "edge_spool_rejected_full",
         "Readings refused because the spool was full (reject-new)",
         spool.rejected_full.clone(),
+    );
+    registry.register(
+        "edge_spool_rejected_disk_full",
+        "Readings refused because the disk was nearly full (spool.min_free_bytes)",
+        spool.rejected_disk.clone(),
     );
     registry.register(
         "edge_spool_quarantined",

@@ -1,6 +1,7 @@
-//! A full disk on the spool's filesystem: writes fail with ENOSPC, their
-//! acknowledgements are withheld, nothing already durable is lost, and the
-//! spool accepts writes again by itself once space returns.
+//! A full disk on the spool's filesystem: writes are refused (by the
+//! free-space floor, or by ENOSPC without it), their acknowledgements are
+//! withheld, nothing already durable is lost, and the spool accepts writes
+//! again by itself once space returns.
 //!
 //! Needs root to mount a small tmpfs; elsewhere it says so and skips.
 
@@ -61,15 +62,34 @@ fn put(spool: &Spool, i: u64) -> bool {
     spool.wait_durable(ticket, Duration::from_secs(5)).is_ok()
 }
 
+/// The floor on free space (`min_free_bytes`, 5 % of this 8 MiB disk)
+/// refuses writes before sled meets ENOSPC.
+#[test]
+fn the_free_space_floor_refuses_writes_before_sled_runs_out() {
+    let metrics = fill_refuse_and_resume(SpoolOptions::default());
+    assert!(metrics.rejected_disk.get() > 0);
+    assert_eq!(metrics.write_errors.get(), 0, "sled never saw ENOSPC");
+}
+
+/// Without the floor sled itself fails with ENOSPC; the writer reopens it
+/// once space returns.
 #[test]
 fn writes_fail_without_loss_and_resume_when_space_returns() {
+    let metrics = fill_refuse_and_resume(SpoolOptions {
+        min_free_bytes: 0,
+        ..SpoolOptions::default()
+    });
+    assert!(metrics.write_errors.get() > 0);
+}
+
+fn fill_refuse_and_resume(options: SpoolOptions) -> SpoolMetrics {
+    let metrics = SpoolMetrics::default();
     let Some(fs) = Tmpfs::mount("8m") else {
         println!("skipped: full-disk test needs root to mount a tmpfs");
-        return;
+        return metrics;
     };
     let dir = fs.path().join("spool");
-    let metrics = SpoolMetrics::default();
-    let spool = Spool::open(&dir, SpoolOptions::default(), metrics.clone()).unwrap();
+    let spool = Spool::open(&dir, options.clone(), metrics.clone()).unwrap();
     let filler: PathBuf = fs.path().join("filler");
     std::fs::write(&filler, vec![0u8; 7 * 1024 * 1024]).unwrap();
 
@@ -87,7 +107,6 @@ fn writes_fail_without_loss_and_resume_when_space_returns() {
     }
     assert_eq!(refused, 20, "the disk filled up");
     assert!(durable > 0);
-    assert!(metrics.write_errors.get() > 0);
     // Reads (the uplink's drain) still work on a full disk. A group whose
     // flush failed may still be readable: it was not acknowledged, so the
     // device resends it and the collector recognises the copy.
@@ -105,10 +124,11 @@ fn writes_fail_without_loss_and_resume_when_space_returns() {
 
     spool.close().unwrap();
     drop(spool);
-    let spool = Spool::open(&dir, SpoolOptions::default(), SpoolMetrics::default()).unwrap();
+    let spool = Spool::open(&dir, options, SpoolMetrics::default()).unwrap();
     let stored = spool.read_after(0, usize::MAX, usize::MAX).unwrap().len() as u64;
     assert!(
         stored >= durable + 101,
         "every acknowledged reading survived: {stored} < {durable} + 101"
     );
+    metrics
 }

@@ -36,6 +36,45 @@ pub struct BlockHeader {
     pub first_received_at: u64,
 }
 
+/// Most bytes of readings (payload, ids, topic) put in one block.
+///
+/// sled stores a value larger than a quarter of its 512 KiB segment as a
+/// separate blob file, written and fsynced on its own: slower, and a full
+/// disk can leave a blob torn that the log still points to, which makes the
+/// whole spool unreadable. Blocks stay well below that size, so they live in
+/// the log, where a torn tail is cut off cleanly at recovery.
+pub const MAX_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Bytes a reading adds to a block, near enough for [`split`].
+fn weight(envelope: &Envelope) -> usize {
+    // Field names, seq, timestamps and CBOR heads: 70-odd bytes.
+    const FRAMING: usize = 80;
+    envelope.payload.len() + envelope.device_id.len() + envelope.topic.len() + FRAMING
+}
+
+/// Cuts a group commit's readings into runs of at most [`MAX_BLOCK_BYTES`]
+/// (a single larger reading makes a block of its own).
+pub fn split(envelopes: &[Envelope]) -> impl Iterator<Item = &[Envelope]> {
+    let mut rest = envelopes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 0;
+        let len = rest
+            .iter()
+            .take_while(|e| {
+                size += weight(e);
+                size <= MAX_BLOCK_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 pub fn encode(envelopes: &[Envelope]) -> Vec<u8> {
     let body = serde_cbor::to_vec(&envelopes).expect("envelopes always serialize");
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -106,6 +145,31 @@ mod tests {
             }
         );
         assert_eq!(decode(&bytes).unwrap(), envelopes);
+    }
+
+    #[test]
+    fn split_keeps_blocks_below_sleds_blob_size_and_loses_nothing() {
+        let mut envelopes: Vec<_> = (1..=3000)
+            .map(|seq| Envelope {
+                payload: ByteBuf::from(vec![0xa0; 100]),
+                ..envelope(seq)
+            })
+            .collect();
+        // One reading bigger than a block goes alone.
+        envelopes[1500].payload = ByteBuf::from(vec![0xa0; 100 * 1024]);
+        let chunks: Vec<_> = split(&envelopes).collect();
+        let mut seqs = Vec::new();
+        for chunk in &chunks {
+            let encoded = encode(chunk);
+            if chunk.len() > 1 {
+                assert!(encoded.len() <= MAX_BLOCK_BYTES, "{} bytes", encoded.len());
+            }
+            seqs.extend(chunk.iter().map(|e| e.seq));
+        }
+        assert!(chunks.len() > 5, "{} blocks", chunks.len());
+        assert!(chunks.iter().any(|c| c.len() == 1 && c[0].seq == 1501));
+        assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
+        assert_eq!(split(&[]).count(), 0);
     }
 
     #[test]

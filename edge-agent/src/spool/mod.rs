@@ -7,6 +7,7 @@
 //!                  "next_seq"  -> u64 BE, a lower bound for the next seq to assign
 //!                  "acked_seq" -> u64 BE, every seq <= this was answered 2xx by the collector
 //! tree "dead_letters": key = seq (u64 BE) -> CBOR DeadLetter (refused publish + reason)
+//! file "durable-seq": the flushed next_seq, to notice a log sled cut short (watermark.rs)
 //! ```
 //!
 //! Invariants:
@@ -21,6 +22,7 @@ mod block;
 mod quarantine;
 mod recover;
 mod store;
+mod watermark;
 mod writer;
 
 pub use block::DeadLetter;

@@ -34,7 +34,7 @@ pub fn salvage(from: &Path, into: &Spool) -> Result<Salvage, SpoolError> {
         path: from.to_path_buf(),
         reason,
     };
-    let db = catch_unwind(AssertUnwindSafe(|| sled::Config::new().path(from).open()))
+    let db = catch_unwind(AssertUnwindSafe(|| super::store::sled_config(from).open()))
         .map_err(|_| unreadable("sled panicked while opening it".into()))?
         .map_err(|e| unreadable(format!("nothing readable: {e}")))?;
     let acked_seq = db

@@ -13,7 +13,8 @@ use telemetry::Envelope;
 use tokio::sync::watch;
 
 use super::block::{self, BlockError, DeadLetter};
-use super::writer::{self, Durability, Item, WriterConfig};
+use super::watermark::{self, Watermark};
+use super::writer::{self, DiskGuard, Durability, Item, Writer, WriterConfig};
 use crate::metrics::SpoolMetrics;
 
 pub(super) const SPOOL_ID: &str = "spool_id";
@@ -37,6 +38,10 @@ pub struct SpoolOptions {
     pub max_age: Duration,
     /// What a full spool does with new readings (default drop-oldest).
     pub full_policy: FullPolicy,
+    /// Free space the spool leaves on its filesystem (default 64 MiB, and
+    /// never more than 5 % of the filesystem): below it new readings are
+    /// refused like on a full disk, before sled itself runs out of room.
+    pub min_free_bytes: u64,
 }
 
 /// What happens when a reading does not fit in `max_bytes`.
@@ -58,6 +63,7 @@ impl Default for SpoolOptions {
             max_bytes: 1 << 30,
             max_age: Duration::from_secs(7 * 24 * 3600),
             full_policy: FullPolicy::DropOldest,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -184,14 +190,31 @@ impl Files {
         }
     }
 
-    /// Closes and reopens the sled database. Waits for readers to finish.
+    /// Closes and reopens the sled database. Readers meanwhile get an error
+    /// rather than wait.
+    ///
+    /// The old handles are dropped on a thread of their own: sled flushes on
+    /// drop and, on a disk that is still full, may keep trying for as long
+    /// as it stays full. Until that drop is done sled keeps its file lock,
+    /// the open below fails, and the writer tries again later.
     pub fn reopen(&self) -> Result<(), sled::Error> {
-        let mut guard = self.trees.write().expect("spool files lock");
-        // Every handle must be gone before sled lets go of its file lock.
-        drop(guard.take());
+        let old = self.trees.write().expect("spool files lock").take();
+        if let Some(old) = old {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let closer = std::thread::Builder::new()
+                .name("spool-close".into())
+                .spawn(move || {
+                    drop(old);
+                    let _ = done_tx.send(());
+                });
+            if closer.is_ok() {
+                // Usually quick; past this the open below fails and is retried.
+                let _ = done_rx.recv_timeout(Duration::from_secs(1));
+            }
+        }
         let mut attempt = 0;
         let db = loop {
-            match sled::Config::new().path(&self.path).open() {
+            match sled_config(&self.path).open() {
                 Ok(db) => break db,
                 Err(err) if attempt < 20 => {
                     attempt += 1;
@@ -201,9 +224,20 @@ impl Files {
                 Err(err) => return Err(err),
             }
         };
-        *guard = Some(Trees::open(db)?);
+        let trees = Trees::open(db)?;
+        *self.trees.write().expect("spool files lock") = Some(trees);
         Ok(())
     }
+}
+
+/// The one sled configuration of a spool.
+pub(super) fn sled_config(dir: &Path) -> sled::Config {
+    // sled's default page cache is 1 GiB; the spool reads each block about
+    // once (the uplink, in order), so a small cache costs nothing and keeps
+    // a long outage's backlog on disk instead of in memory.
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 * 1024 * 1024)
 }
 
 impl Trees {
@@ -275,12 +309,21 @@ impl Spool {
             }
             source => storage(source),
         };
-        let db = sled::Config::new().path(dir).open().map_err(opening)?;
+        let mark = watermark::read(dir).map_err(|err| match err.kind() {
+            std::io::ErrorKind::InvalidData => corrupt(err.to_string()),
+            _ => storage(sled::Error::Io(err)),
+        })?;
+        let db = sled_config(dir).open().map_err(opening)?;
         let trees = Trees::open(db).map_err(opening)?;
 
         let spool_id = match trees.meta.get(SPOOL_ID).map_err(storage)? {
             Some(id) if id.len() == 16 => hex::encode(&id),
             Some(id) => return Err(corrupt(format!("spool_id has {} bytes, not 16", id.len()))),
+            None if mark.is_some() => {
+                return Err(corrupt(
+                    "sled holds no spool, yet the watermark says one was flushed here".into(),
+                ))
+            }
             None => {
                 let id: [u8; 16] = rand::random();
                 trees.meta.insert(SPOOL_ID, &id).map_err(storage)?;
@@ -327,6 +370,21 @@ impl Spool {
                 .count();
             pending += unacked as u64;
         }
+        if let Some(mark) = mark {
+            if mark.spool_id != spool_id {
+                return Err(corrupt(format!(
+                    "the watermark belongs to spool {}, the files to spool {spool_id}",
+                    mark.spool_id
+                )));
+            }
+            if next_seq < mark.next_seq {
+                return Err(corrupt(format!(
+                    "the log ends before seq {next_seq}, but seqs up to {} were flushed: \
+                     sled dropped a damaged part of it",
+                    mark.next_seq - 1
+                )));
+            }
+        }
         metrics.records.set(pending as i64);
         metrics.dead_letters.set(trees.dead_letters.len() as i64);
 
@@ -366,7 +424,10 @@ impl Spool {
             max_bytes: options.max_bytes,
             max_age: options.max_age,
             full_policy: options.full_policy,
+            min_free_bytes: options.min_free_bytes,
         };
+        let watermark = Watermark::new(dir, &inner.spool_id, next_seq);
+        let disk = DiskGuard::new(dir, config.min_free_bytes);
         let notify = Arc::downgrade(&inner);
         let writer_files = files;
         let writer_counters = counters;
@@ -375,11 +436,15 @@ impl Spool {
             .spawn(move || {
                 writer::run(
                     rx,
-                    writer_files,
-                    writer_counters,
-                    durability,
-                    config,
-                    metrics,
+                    Writer {
+                        files: writer_files,
+                        counters: writer_counters,
+                        durability,
+                        watermark,
+                        disk,
+                        config,
+                        metrics,
+                    },
                     |last_seq, readings| {
                         if let Some(inner) = notify.upgrade() {
                             inner

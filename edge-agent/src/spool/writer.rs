@@ -1,6 +1,7 @@
 //! Group commit: one thread takes submitted publishes off a bounded queue,
-//! writes each gathered group as one block, flushes sled once, and only then
-//! marks the group's seqs durable, which releases the waiting PUBACKs.
+//! writes each gathered group as one or more blocks (see [`block::split`]),
+//! flushes sled once, and only then marks the group's seqs durable, which
+//! releases the waiting PUBACKs.
 //!
 //! ```text
 //! submit (any thread)          writer thread                     waiters
@@ -28,6 +29,7 @@ use tracing::{error, info, warn};
 use super::block::BlockHeader;
 use super::block::{self, DeadLetter};
 use super::store::{Counters, Files, FullPolicy, SpoolError, Trees};
+use super::watermark::Watermark;
 use crate::metrics::SpoolMetrics;
 
 /// How many failed groups are remembered to answer late waiters.
@@ -127,6 +129,7 @@ pub(super) struct WriterConfig {
     pub max_bytes: u64,
     pub max_age: Duration,
     pub full_policy: FullPolicy,
+    pub min_free_bytes: u64,
 }
 
 /// How often the writer looks for expired blocks, and at most how often it
@@ -139,6 +142,8 @@ enum WriteError {
     Storage(sled::Error),
     /// The spool is at `max_bytes` and the policy is reject-new.
     Full,
+    /// The filesystem is below `min_free_bytes`; sled is not even asked.
+    DiskFull,
 }
 
 impl From<sled::Error> for WriteError {
@@ -172,20 +177,77 @@ impl DropLog {
     }
 }
 
+/// Keeps the spool from filling its filesystem to the last byte.
+///
+/// sled 0.34 does not survive running out of space under load: a write that
+/// fails with ENOSPC can leave a log it later reads as corrupt. So the writer
+/// refuses a group (no PUBACK; devices keep and resend) while free space is
+/// below the floor, and sled only meets a full disk when something else
+/// fills it faster than one group commit.
+pub(super) struct DiskGuard {
+    dir: std::path::PathBuf,
+    min_free: u64,
+    /// Free bytes at the last check.
+    free: u64,
+    /// The floor in force (`min_free`, capped at 5 % of the filesystem).
+    floor: u64,
+}
+
+impl DiskGuard {
+    pub fn new(dir: &std::path::Path, min_free: u64) -> DiskGuard {
+        DiskGuard {
+            dir: dir.to_path_buf(),
+            min_free,
+            free: u64::MAX,
+            floor: 0,
+        }
+    }
+
+    /// Whether a group may be written; true if free space cannot be read.
+    pub fn has_room(&mut self) -> bool {
+        let Ok(stat) = rustix::fs::statvfs(&self.dir) else {
+            return true;
+        };
+        self.free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let size = stat.f_blocks.saturating_mul(stat.f_frsize);
+        self.floor = self.min_free.min(size / 20);
+        self.free >= self.floor
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "disk nearly full: {} bytes free, the spool keeps {} free (spool.min_free_bytes)",
+            self.free, self.floor
+        )
+    }
+}
+
 /// How long the writer waits between attempts to reopen failed storage;
 /// groups that arrive meanwhile fail at once, so devices are not kept waiting.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What the writer thread owns or shares.
+pub(super) struct Writer {
+    pub files: Arc<Files>,
+    pub counters: Arc<Counters>,
+    pub durability: Arc<Durability>,
+    pub watermark: Watermark,
+    pub disk: DiskGuard,
+    pub config: WriterConfig,
+    pub metrics: SpoolMetrics,
+}
+
 /// Runs until every sender is gone and the queue is drained.
-pub(super) fn run(
-    rx: Receiver<Item>,
-    files: Arc<Files>,
-    counters: Arc<Counters>,
-    durability: Arc<Durability>,
-    config: WriterConfig,
-    metrics: SpoolMetrics,
-    on_durable: impl Fn(u64, usize),
-) {
+pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, usize)) {
+    let Writer {
+        files,
+        counters,
+        durability,
+        mut watermark,
+        mut disk,
+        config,
+        metrics,
+    } = writer;
     let mut group = Vec::with_capacity(config.max_block_records);
     // When the last write failed: sled refuses all writes after an I/O error
     // until it is reopened, which is retried every REOPEN_INTERVAL.
@@ -199,6 +261,7 @@ pub(super) fn run(
         let first = match rx.recv_timeout(TICK) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
+                watermark.write();
                 expire(&files, &counters, &config, &metrics, &mut drops);
                 last_expiry = Instant::now();
                 continue;
@@ -211,6 +274,7 @@ pub(super) fn run(
         let last_seq = group[group.len() - 1].seq;
         let started = Instant::now();
         let written = match recover(&files, &mut broken) {
+            Ok(()) if !disk.has_room() => Err(WriteError::DiskFull),
             Ok(()) => files
                 .with(|trees| {
                     Ok(write_group(
@@ -233,6 +297,12 @@ pub(super) fn run(
                 // Counts first, so that whoever wakes up sees them.
                 on_durable(last_seq, readings);
                 durability.complete(last_seq, None);
+                watermark.advance(last_seq + 1);
+            }
+            Err(WriteError::DiskFull) => {
+                metrics.rejected_disk.inc_by(group.len() as u64);
+                drops.dropped("disk nearly full: not acknowledged", group.len() as u64);
+                durability.complete(last_seq, Some((first_seq, disk.describe())));
             }
             Err(WriteError::Full) => {
                 metrics.rejected_full.inc_by(group.len() as u64);
@@ -270,6 +340,7 @@ pub(super) fn run(
             last_expiry = Instant::now();
         }
     }
+    watermark.write();
 }
 
 /// Readings of a block not yet acknowledged (approximate inside the block
@@ -422,17 +493,22 @@ fn write_group(
         }
     }
     let last_seq = group.last().map_or(0, |item| item.seq);
-    if let Some(first) = readings.first() {
-        let bytes = block::encode(&readings);
-        let size = bytes.len() as u64;
+    let blocks: Vec<(u64, Vec<u8>)> = block::split(&readings)
+        .map(|chunk| (chunk[0].seq, block::encode(chunk)))
+        .collect();
+    let size: u64 = blocks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+    if size > 0 {
         make_room(trees, counters, size, config, metrics, drops)?;
-        metrics.bytes_written.inc_by(size);
-        trees.queue.insert(first.seq.to_be_bytes(), bytes)?;
-        counters.bytes.fetch_add(size, Ordering::AcqRel);
-        metrics
-            .bytes
-            .set(counters.bytes.load(Ordering::Acquire) as i64);
     }
+    for (first_seq, bytes) in blocks {
+        let len = bytes.len() as u64;
+        metrics.bytes_written.inc_by(len);
+        trees.queue.insert(first_seq.to_be_bytes(), bytes)?;
+        counters.bytes.fetch_add(len, Ordering::AcqRel);
+    }
+    metrics
+        .bytes
+        .set(counters.bytes.load(Ordering::Acquire) as i64);
     for letter in &dead {
         let bytes = serde_cbor::to_vec(letter).expect("dead letters always serialize");
         trees
