@@ -1,7 +1,9 @@
-//! The HTTP API: routes, handlers and the one error type they answer with.
+//! The HTTP API: routes, handlers, the one error type they answer with, and
+//! the dashboard's embedded files.
 
 mod auth;
 mod batches;
+mod dashboard;
 mod error;
 mod extract;
 mod json;

@@ -9,6 +9,8 @@
 //! GET  /v1/gateways
 //! GET  /healthz                      200 "ok"
 //! GET  /metrics                      Prometheus text
+//! GET  /                             the dashboard page (dashboard.rs)
+//! GET  /assets/{file}                its scripts and stylesheets
 //! ```
 
 use axum::routing::{get, post};
@@ -16,7 +18,7 @@ use axum::Router;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
-use super::{batches, ops, queries};
+use super::{batches, dashboard, ops, queries};
 use crate::state::AppState;
 
 /// Points (or documents) returned when the query names no limit.
@@ -46,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/gateways", get(queries::gateways))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(TraceLayer::new_for_http())
