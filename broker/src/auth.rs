@@ -101,6 +101,17 @@ impl DeviceRegistry {
         known && matches
     }
 
+    /// Whether `device_id` is registered, whatever its password. For devices
+    /// that proved their identity otherwise (a client certificate): removing
+    /// a device from the file still shuts it out.
+    pub fn is_registered(&self, device_id: &str) -> bool {
+        self.reload_if_changed();
+        self.state
+            .read()
+            .map(|s| s.hashes.contains_key(device_id))
+            .unwrap_or(false)
+    }
+
     /// Device ids, sorted.
     pub fn list(&self) -> Vec<String> {
         self.reload_if_changed();
@@ -275,8 +286,10 @@ mod tests {
         );
         assert!(text.contains("dev-1:$argon2id$"));
 
+        assert!(registry.is_registered("dev-1"));
         registry.remove("dev-1").unwrap();
         assert!(!registry.verify("dev-1", "a brand new secret"));
+        assert!(!registry.is_registered("dev-1"));
         assert!(registry.list().is_empty());
     }
 

@@ -11,6 +11,7 @@ mod codec;
 mod metrics;
 mod server;
 mod sink;
+mod tls;
 mod topic;
 
 pub use auth::{AuthError, DeviceRegistry};
@@ -18,4 +19,5 @@ pub use codec::IngestCodec;
 pub use metrics::{BrokerMetrics, QosLabel, ReasonLabel};
 pub use server::{Broker, BrokerConfig, BrokerError};
 pub use sink::{Disposition, Incoming, IngestSink, SinkError, Ticket};
+pub use tls::{IdentityError, TlsConfig, TlsError};
 pub use topic::device_id_from_topic;

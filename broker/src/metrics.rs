@@ -31,6 +31,15 @@ pub struct BrokerMetrics {
     pub connections_total: Counter,
     /// CONNECTs refused: unknown device or wrong password.
     pub connections_refused: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// TLS handshakes that failed, by reason (`timeout`, `client_cert`,
+    /// `protocol`, `aborted`).
+    pub tls_handshakes_failed: Family<ReasonLabel, Counter>,
+    /// TLS connections closed by the front before they reached the broker,
+    /// by reason (`limit`, `no_identity`, `identity_mismatch`,
+    /// `connect_timeout`, `not_connect`, `upstream`).
+    pub tls_connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl BrokerMetrics {
@@ -64,6 +73,21 @@ impl BrokerMetrics {
             "edge_mqtt_connections_accepted",
             "MQTT connections accepted",
             self.connections_total.clone(),
+        );
+        registry.register(
+            "edge_mqtt_tls_handshakes",
+            "TLS handshakes completed",
+            self.tls_handshakes.clone(),
+        );
+        registry.register(
+            "edge_mqtt_tls_handshakes_failed",
+            "TLS handshakes that failed or timed out, by reason",
+            self.tls_handshakes_failed.clone(),
+        );
+        registry.register(
+            "edge_mqtt_tls_connections_refused",
+            "TLS connections closed before they reached the broker, by reason",
+            self.tls_connections_refused.clone(),
         );
     }
 }

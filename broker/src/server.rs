@@ -8,23 +8,36 @@
 //! whether the listener is up. For port 0 we pick a free port from the OS and
 //! retry if someone else takes it first: the outcome is always known, only
 //! the port may change.
+//!
+//! With TLS configured, a second rumqttd listener on 127.0.0.1:0 serves only
+//! the TLS front (`tls/front.rs`), which owns the public TLS socket:
+//!
+//! ```text
+//! devices ──MQTT──────────────────────────────▶ rumqttd listener (`listen`)  ─┐
+//! devices ──TLS──▶ front (`tls.listen`) ──MQTT─▶ rumqttd listener (loopback) ─┴▶ router
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use telemetry::Limits;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::info;
 
 use crate::auth::DeviceRegistry;
 use crate::codec::IngestCodec;
 use crate::metrics::BrokerMetrics;
 use crate::sink::IngestSink;
+use crate::tls::front::{Front, FrontToken};
+use crate::tls::{TlsConfig, TlsError};
 
 /// Broker settings, after validation.
 #[derive(Debug, Clone)]
@@ -48,6 +61,10 @@ pub struct BrokerConfig {
     /// `devices/{device_id}/`. Without one (default), anyone may publish as
     /// any device: for a closed network or a demo only.
     pub devices: Option<Arc<DeviceRegistry>>,
+    /// A second listener for MQTT over TLS (default none). Its
+    /// `max_connections` bounds TLS connections; `max_connections` above
+    /// still bounds all connections together.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +78,7 @@ impl Default for BrokerConfig {
             read_batch: 100,
             worker_threads: 2,
             devices: None,
+            tls: None,
         }
     }
 }
@@ -77,11 +95,15 @@ pub enum BrokerError {
     /// The MQTT runtime could not start (out of threads or file descriptors).
     #[error("cannot start the MQTT runtime: {0}")]
     Runtime(std::io::Error),
+    /// A TLS file is missing or unusable; the error names it.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running embedded broker. Dropping it stops serving MQTT.
 pub struct Broker {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
     metrics: BrokerMetrics,
 }
@@ -90,8 +112,13 @@ pub struct Broker {
 const PORT_ATTEMPTS: usize = 16;
 
 impl Broker {
-    /// Starts the router and the MQTT listener; returns once the listener is bound.
+    /// Starts the router and the MQTT listeners; returns once every listener
+    /// is bound. With TLS configured, its files are read and checked first.
     pub fn start(config: BrokerConfig, sink: Arc<dyn IngestSink>) -> Result<Broker, BrokerError> {
+        let tls = match &config.tls {
+            Some(tls) => Some((tls, tls.load()?)),
+            None => None,
+        };
         let metrics = BrokerMetrics::default();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.worker_threads.max(1))
@@ -100,82 +127,93 @@ impl Broker {
             .build()
             .map_err(BrokerError::Runtime)?;
         let router_tx = Router::new(0, router_config(&config)).spawn();
-        let codec = IngestCodec::new(
-            sink,
-            config.limits,
-            config.durable_timeout,
-            metrics.clone(),
-            config.devices.is_some(),
-        );
         if config.devices.is_none() {
             tracing::warn!("no device file: any client may publish as any device");
         }
-
-        let attempts = if config.listen.port() == 0 {
-            PORT_ATTEMPTS
-        } else {
-            1
+        let codec = |authenticated| {
+            IngestCodec::new(
+                sink.clone(),
+                config.limits,
+                config.durable_timeout,
+                metrics.clone(),
+                authenticated,
+            )
         };
-        let mut last_error = None;
-        for _ in 0..attempts {
-            let addr = match pick_addr(config.listen) {
-                Ok(addr) => addr,
-                Err(source) => {
-                    last_error = Some(BrokerError::Bind {
-                        addr: config.listen,
-                        source,
-                    });
-                    continue;
-                }
+
+        let started = (|| {
+            let plain_auth = config.devices.clone().map(DeviceAuth::Password);
+            let plain_codec = codec(plain_auth.is_some());
+            let local_addr = start_listener(&runtime, config.listen, |addr| {
+                let settings = server_settings(&config, addr, plain_auth.clone(), &metrics);
+                Server::new(settings, router_tx.clone(), plain_codec.clone_template())
+            })?;
+            info!(addr = %local_addr, "mqtt listening");
+            let Some((tls, server_config)) = tls else {
+                return Ok((local_addr, None));
             };
-            let mut server = Server::new(
-                server_settings(&config, addr, &metrics),
-                router_tx.clone(),
-                codec.clone_template(),
+            // With client certificates, the front vouches for each device
+            // with the token; without, devices log in with their password.
+            let token = tls
+                .client_ca
+                .as_ref()
+                .map(|_| Arc::new(FrontToken::generate()));
+            let internal_auth = match &token {
+                Some(token) => Some(DeviceAuth::Certificate {
+                    token: token.clone(),
+                    registry: config.devices.clone(),
+                }),
+                None => config.devices.clone().map(DeviceAuth::Password),
+            };
+            // Behind a verified certificate, topics are bound to the device
+            // id even without a device file.
+            let internal_codec = codec(internal_auth.is_some());
+            let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            let upstream = start_listener(&runtime, loopback, |addr| {
+                let settings = server_settings(&config, addr, internal_auth.clone(), &metrics);
+                Server::new(settings, router_tx.clone(), internal_codec.clone_template())
+            })?;
+            let front = Front {
+                acceptor: TlsAcceptor::from(server_config),
+                token,
+                handshake_timeout: tls.handshake_timeout,
+                connect_timeout: config.connect_timeout,
+                max_packet_size: max_packet_size(&config),
+                upstream,
+                metrics: metrics.clone(),
+                permits: Arc::new(Semaphore::new(tls.max_connections)),
+                last_log: Mutex::default(),
+            };
+            let tls_addr = start_front(&runtime, tls.listen, front)?;
+            info!(
+                addr = %tls_addr,
+                client_certificates = tls.client_ca.is_some(),
+                "mqtt over tls listening"
             );
-            let mut serve: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
-                Box::pin(async move {
-                    server
-                        .start(LinkType::Remote)
-                        .await
-                        .map_err(|e| e.to_string())
-                });
-            // Poll once inside the runtime: the bind happens before the first pending await.
-            // `enter` (not `block_on`) so that this works from inside another runtime.
-            let first = {
-                let _context = runtime.enter();
-                poll_once(serve.as_mut())
-            };
-            match first {
-                Poll::Pending => {
-                    runtime.spawn(async move {
-                        if let Err(err) = serve.await {
-                            tracing::error!(error = %err, "mqtt listener stopped");
-                        }
-                    });
-                    info!(%addr, "mqtt listening");
-                    return Ok(Broker {
-                        local_addr: addr,
-                        runtime: Some(runtime),
-                        metrics,
-                    });
-                }
-                Poll::Ready(result) => {
-                    let source = match result {
-                        Err(err) => std::io::Error::other(err),
-                        Ok(()) => std::io::Error::other("listener ended at once"),
-                    };
-                    last_error = Some(BrokerError::Bind { addr, source });
-                }
+            Ok((local_addr, Some(tls_addr)))
+        })();
+        match started {
+            Ok((local_addr, tls_addr)) => Ok(Broker {
+                local_addr,
+                tls_addr,
+                runtime: Some(runtime),
+                metrics,
+            }),
+            Err(err) => {
+                // Not a plain drop: that panics when called from async code.
+                runtime.shutdown_background();
+                Err(err)
             }
         }
-        runtime.shutdown_background();
-        Err(last_error.expect("at least one attempt was made"))
     }
 
-    /// The address the MQTT listener is bound to.
+    /// The address the plain MQTT listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the MQTT-over-TLS listener is bound to, when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The broker's counters, to register with a Prometheus registry.
@@ -207,6 +245,127 @@ fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut cx)
 }
 
+/// Starts one rumqttd listener on `listen` and returns its address. For
+/// port 0, retries with another free port if someone takes it first.
+fn start_listener(
+    runtime: &tokio::runtime::Runtime,
+    listen: SocketAddr,
+    server: impl Fn(SocketAddr) -> Server<IngestCodec>,
+) -> Result<SocketAddr, BrokerError> {
+    let attempts = if listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let addr = match pick_addr(listen) {
+            Ok(addr) => addr,
+            Err(source) => {
+                last_error = Some(BrokerError::Bind {
+                    addr: listen,
+                    source,
+                });
+                continue;
+            }
+        };
+        let mut server = server(addr);
+        let mut serve: Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
+            Box::pin(async move {
+                server
+                    .start(LinkType::Remote)
+                    .await
+                    .map_err(|e| e.to_string())
+            });
+        // Poll once inside the runtime: the bind happens before the first pending await.
+        // `enter` (not `block_on`) so that this works from inside another runtime.
+        let first = {
+            let _context = runtime.enter();
+            poll_once(serve.as_mut())
+        };
+        match first {
+            Poll::Pending => {
+                runtime.spawn(async move {
+                    if let Err(err) = serve.await {
+                        tracing::error!(error = %err, "mqtt listener stopped");
+                    }
+                });
+                return Ok(addr);
+            }
+            Poll::Ready(result) => {
+                let source = match result {
+                    Err(err) => std::io::Error::other(err),
+                    Ok(()) => std::io::Error::other("listener ended at once"),
+                };
+                last_error = Some(BrokerError::Bind { addr, source });
+            }
+        }
+    }
+    Err(last_error.expect("at least one attempt was made"))
+}
+
+/// Binds the TLS listener and spawns the front's accept loop on `runtime`.
+fn start_front(
+    runtime: &tokio::runtime::Runtime,
+    listen: SocketAddr,
+    front: Front,
+) -> Result<SocketAddr, BrokerError> {
+    let bind_error = |source| BrokerError::Bind {
+        addr: listen,
+        source,
+    };
+    // Registering the socket needs the runtime's reactor.
+    let _context = runtime.enter();
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    // As tokio's own `TcpListener::bind` does: a restart must not wait for
+    // the old connections' TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(listen).map_err(bind_error)?;
+    let listener = socket.listen(1024).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    runtime.spawn(Arc::new(front).serve(listener));
+    Ok(addr)
+}
+
+/// How a listener authenticates devices.
+#[derive(Clone)]
+enum DeviceAuth {
+    /// Username = device id, password checked against the registry.
+    Password(Arc<DeviceRegistry>),
+    /// Behind the TLS front with client certificates: the password must be
+    /// the front's token (the front checked the certificate and that the
+    /// username is its device id); with a registry, the device must also be
+    /// registered.
+    Certificate {
+        token: Arc<FrontToken>,
+        registry: Option<Arc<DeviceRegistry>>,
+    },
+}
+
+impl DeviceAuth {
+    /// Whether the CONNECT's login is good. Slow (argon2, file reload): call
+    /// it off the async workers.
+    fn check(&self, username: &str, password: &str) -> bool {
+        match self {
+            DeviceAuth::Password(registry) => registry.verify(username, password),
+            DeviceAuth::Certificate { token, registry } => {
+                token.matches(password)
+                    && registry
+                        .as_ref()
+                        .is_none_or(|registry| registry.is_registered(username))
+            }
+        }
+    }
+}
+
+/// The largest MQTT packet accepted: room for the topic and headers on top
+/// of the payload limit, so an oversized payload reaches our codec and is
+/// rejected with a reason.
+fn max_packet_size(config: &BrokerConfig) -> usize {
+    config.limits.max_bytes + 1024
+}
+
 /// The address to hand rumqttd: `listen` itself, or a port the OS just gave us.
 fn pick_addr(listen: SocketAddr) -> std::io::Result<SocketAddr> {
     if listen.port() != 0 {
@@ -233,6 +392,7 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
 fn server_settings(
     config: &BrokerConfig,
     listen: SocketAddr,
+    auth: Option<DeviceAuth>,
     metrics: &BrokerMetrics,
 ) -> ServerSettings {
     let mut settings = ServerSettings {
@@ -242,25 +402,22 @@ fn server_settings(
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
             connection_timeout_ms: config.connect_timeout.as_millis().min(u16::MAX as u128) as u16,
-            // Room for the topic and headers on top of the payload limit, so an
-            // oversized payload reaches our codec and is rejected with a reason.
-            max_payload_size: config.limits.max_bytes + 1024,
+            max_payload_size: max_packet_size(config),
             max_inflight_count: config.read_batch.max(1),
             auth: None::<HashMap<String, String>>,
             external_auth: None,
             dynamic_filters: false,
         },
     };
-    if let Some(registry) = &config.devices {
-        let registry = registry.clone();
+    if let Some(auth) = auth {
         let metrics = metrics.clone();
         settings.set_auth_handler(move |_client_id, username: String, password: String| {
-            let registry = registry.clone();
+            let auth = auth.clone();
             let metrics = metrics.clone();
             async move {
                 // argon2 is slow on purpose: keep it off the connection runtime's workers.
                 let device_id = username.clone();
-                let ok = tokio::task::spawn_blocking(move || registry.verify(&username, &password))
+                let ok = tokio::task::spawn_blocking(move || auth.check(&username, &password))
                     .await
                     .unwrap_or(false);
                 if !ok {

@@ -39,6 +39,26 @@ durable_timeout = "10s"
 # publish as any device: for a closed network or a demo only.
 # devices_file = "devices"
 
+# MQTT over TLS: a second listener, on beside mqtt.listen. Keep mqtt.listen
+# on 127.0.0.1 (the default) so that devices on the network can only come in
+# over TLS. The files are read and checked at start; a bad one stops it.
+# [mqtt.tls]
+# Where devices connect over TLS (MQTT over TLS is conventionally port 8883).
+# listen = "0.0.0.0:8883"
+# PEM server certificate (then any intermediates) and its private key.
+# cert = "server.pem"
+# key = "server.key"
+# PEM CA certificates that sign device certificates. When set, every TLS
+# client must present a certificate from them; its subject CN is the device
+# id, the CONNECT username must equal it, and no password is needed (with
+# devices_file set, the device must still be registered there).
+# client_ca = "devices-ca.pem"
+# Time a client has to complete the TLS handshake; silent peers are dropped.
+# handshake_timeout = "10s"
+# Most concurrent TLS connections (handshaking or open); more are closed at
+# once. mqtt.max_connections still bounds all connections together.
+# max_connections = 10000
+
 [spool]
 # Directory of the sled spool.
 dir = "edge-spool"
@@ -116,6 +136,20 @@ pub struct MqttSection {
     pub max_connections: Option<usize>,
     pub durable_timeout: Option<String>,
     pub devices_file: Option<PathBuf>,
+    pub tls: Option<TlsSection>,
+}
+
+/// `[mqtt.tls]`: present means the TLS listener is on, and then `listen`,
+/// `cert` and `key` are required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub handshake_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,8 +250,13 @@ impl FileConfig {
             )),
             None => None,
         };
+        let tls = match mqtt.tls {
+            Some(section) => Some(section.validate()?),
+            None => None,
+        };
         let mqtt = broker::BrokerConfig {
             devices,
+            tls,
             listen: addr("mqtt.listen", mqtt.listen, defaults.listen)?,
             max_connections: mqtt.max_connections.unwrap_or(defaults.max_connections),
             limits,
@@ -303,6 +342,39 @@ impl FileConfig {
                 SocketAddr::from(([127, 0, 0, 1], 8481)),
             )?,
         })
+    }
+}
+
+impl TlsSection {
+    /// The TLS listener's settings; its files are read and checked here
+    /// too, so that `config check` finds a bad certificate or key.
+    fn validate(self) -> anyhow::Result<broker::TlsConfig> {
+        let required =
+            |field: &str| anyhow::anyhow!("mqtt.tls.{field} is required with [mqtt.tls]");
+        let listen = self.listen.ok_or_else(|| required("listen"))?;
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("mqtt.tls.listen {listen:?} is not an address like 0.0.0.0:8883")
+        })?;
+        let mut tls = broker::TlsConfig::new(
+            listen,
+            self.cert.ok_or_else(|| required("cert"))?,
+            self.key.ok_or_else(|| required("key"))?,
+        );
+        tls.client_ca = self.client_ca;
+        tls.handshake_timeout = duration(
+            "mqtt.tls.handshake_timeout",
+            self.handshake_timeout,
+            tls.handshake_timeout,
+        )?;
+        if tls.handshake_timeout.is_zero() {
+            bail!("mqtt.tls.handshake_timeout must be above zero");
+        }
+        tls.max_connections = self.max_connections.unwrap_or(tls.max_connections);
+        if tls.max_connections == 0 {
+            bail!("mqtt.tls.max_connections must be at least 1");
+        }
+        tls.load().context("mqtt.tls")?;
+        Ok(tls)
     }
 }
 
@@ -430,6 +502,59 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(format!("{err:#}").contains("mqtt.listen"), "{err:#}");
+    }
+
+    #[test]
+    fn tls_settings_are_required_and_their_files_checked() {
+        let validate = |tls: &str| {
+            FileConfig::parse(&format!("[mqtt.tls]\n{tls}\n[uplink]\ntoken = \"t\""))
+                .unwrap()
+                .validate()
+                .map(|config| config.mqtt.tls)
+        };
+        let err = validate("listen = \"127.0.0.1:0\"\ncert = \"c.pem\"").unwrap_err();
+        assert!(err.to_string().contains("mqtt.tls.key"), "{err}");
+        let err = validate("listen = \"nowhere\"\ncert = \"c.pem\"\nkey = \"k.pem\"").unwrap_err();
+        assert!(format!("{err:#}").contains("mqtt.tls.listen"), "{err:#}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("missing.pem");
+        let err = validate(&format!(
+            "listen = \"127.0.0.1:0\"\ncert = {cert:?}\nkey = \"k.pem\""
+        ))
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("mqtt.tls"), "{message}");
+        assert!(message.contains(&cert.display().to_string()), "{message}");
+
+        let config = FileConfig::parse("[uplink]\ntoken = \"t\"")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(config.mqtt.tls.is_none(), "TLS is off by default");
+    }
+
+    #[test]
+    fn the_commented_tls_section_is_valid_once_uncommented() {
+        let start = DEFAULT_TOML.find("# [mqtt.tls]").unwrap();
+        let end = DEFAULT_TOML.find("[spool]").unwrap();
+        let block: String = DEFAULT_TOML[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let text = format!("{}{block}{}", &DEFAULT_TOML[..start], &DEFAULT_TOML[end..]);
+        let mut file = FileConfig::parse(&text).unwrap();
+        file.uplink.token = Some("t".into());
+        let tls = file.mqtt.tls.as_ref().expect("a [mqtt.tls] section");
+        assert_eq!(tls.handshake_timeout.as_deref(), Some("10s"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("devices-ca.pem")));
+        // The example files do not exist here: the error names the first.
+        let err = file.validate().unwrap_err();
+        assert!(format!("{err:#}").contains("server.pem"), "{err:#}");
     }
 
     #[test]

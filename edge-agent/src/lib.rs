@@ -103,6 +103,7 @@ impl Agent {
             gateway_id = config.gateway_id,
             spool_id = spool.spool_id(),
             mqtt = %broker.local_addr(),
+            mqtt_tls = ?broker.tls_addr(),
             admin = %admin_addr,
             uplink = config.uplink.url,
             "edge-agent started"
@@ -118,6 +119,11 @@ impl Agent {
 
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.broker.local_addr()
+    }
+
+    /// The MQTT-over-TLS address, when `[mqtt.tls]` is configured.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.broker.tls_addr()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
