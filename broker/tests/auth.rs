@@ -4,31 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{
-    Broker, BrokerConfig, DeviceRegistry, Disposition, Incoming, IngestSink, SinkError, Ticket,
+mod util;
+
+use broker::{Broker, BrokerConfig, DeviceRegistry, Disposition};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
 };
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
-use std::sync::Mutex;
-
-/// Takes everything and calls it durable at once.
-#[derive(Default)]
-struct InstantSink {
-    items: Mutex<Vec<Incoming>>,
-}
-
-impl IngestSink for InstantSink {
-    fn submit(&self, incoming: Incoming) -> Result<Ticket, SinkError> {
-        let mut items = self.items.lock().unwrap();
-        items.push(incoming);
-        Ok(Ticket(items.len() as u64))
-    }
-    fn is_durable(&self, _: Ticket) -> bool {
-        true
-    }
-    fn wait_durable(&self, _: Ticket, _: Duration) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
+use util::InstantSink;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -111,10 +93,16 @@ async fn wrong_passwords_and_unknown_devices_are_refused_and_counted() {
     let broker = start(Arc::default(), dir.path());
     for (user, password) in [("dev-a", "not the password"), ("stranger", PASSWORD)] {
         let (_client, mut events) = client(&broker, user, password, Duration::from_secs(30));
-        assert_ne!(
-            connack(&mut events).await,
-            Some(true),
-            "{user} must not get in"
+        // MQTT 3.1.1 §3.2.2.3: refused with CONNACK 0x04, not just closed.
+        let refused = tokio::time::timeout(Duration::from_secs(10), events.poll()).await;
+        assert!(
+            matches!(
+                refused,
+                Ok(Err(ConnectionError::ConnectionRefused(
+                    ConnectReturnCode::BadUserNamePassword
+                )))
+            ),
+            "{user}: {refused:?}"
         );
     }
     assert_eq!(broker.metrics().connections_refused.get(), 2);

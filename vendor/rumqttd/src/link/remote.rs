@@ -182,11 +182,22 @@ where
     // DOS attacks by filling total connections that the server can handle with idle open
     // connections which results in server rejecting new connections
     let connection_timeout_ms = config.connection_timeout_ms.into();
-    let packet = time::timeout(Duration::from_millis(connection_timeout_ms), async {
+    let read = time::timeout(Duration::from_millis(connection_timeout_ms), async {
         let packet = network.read().await?;
         Ok::<_, network::Error>(packet)
     })
-    .await??;
+    .await?;
+    let packet = match read {
+        Ok(packet) => packet,
+        // PATCH(edge-telemetry): MQTT 3.1.1 §3.1.2.2 asks for CONNACK 0x01
+        // (unacceptable protocol level) before the close; upstream closed
+        // without a word, so an MQTT 5 client could not tell why.
+        Err(err @ network::Error::Protocol(crate::protocol::Error::InvalidProtocolLevel(_))) => {
+            refuse(network, ConnectReturnCode::RefusedProtocolVersion).await;
+            return Err(err.into());
+        }
+        Err(err) => return Err(err.into()),
+    };
 
     let (connect, _props, login) = match packet {
         Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
@@ -195,7 +206,18 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    if let Err(err) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        // PATCH(edge-telemetry): MQTT 3.1.1 §3.2.2.3: CONNACK 0x04 (bad user
+        // name or password) or 0x05 (not authorized, no credentials) before
+        // the close; upstream closed without a word, which devices take for a
+        // network fault and retry at once.
+        let code = match login {
+            Some(_) => ConnectReturnCode::BadUserNamePassword,
+            None => ConnectReturnCode::NotAuthorized,
+        };
+        refuse(network, code).await;
+        return Err(err);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -220,6 +242,16 @@ where
 
     // Ok((connect, props, lastwill, lastwill_props))
     Ok(packet)
+}
+
+/// PATCH(edge-telemetry): answers a refused CONNECT with its return code.
+/// Best effort: the connection closes either way.
+async fn refuse<P: Protocol>(network: &mut Network<P>, code: ConnectReturnCode) {
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    let _ = network.write(Packet::ConnAck(ack, None)).await;
 }
 
 async fn handle_auth(
