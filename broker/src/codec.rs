@@ -17,6 +17,7 @@
 //! durable. Waiting for the connection's *latest* ticket rather than the one of
 //! the acknowledged packet can only wait longer, never shorter.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +53,9 @@ struct Shared {
 struct Connection {
     /// Ticket of the latest QoS 1/2 publish read on this connection (0: none).
     last_ticket: AtomicU64,
+    /// When each QoS 1/2 publish not yet acknowledged was read, oldest
+    /// first; rumqttd acknowledges in order.
+    unacked_since: Mutex<VecDeque<Instant>>,
     /// Whether this value stands for a live connection (the template does not).
     live: AtomicBool,
     client_id: Mutex<String>,
@@ -176,6 +180,9 @@ impl IngestCodec {
             })?;
         if qos > 0 {
             self.conn.last_ticket.fetch_max(ticket.0, Ordering::AcqRel);
+            if let Ok(mut since) = self.conn.unacked_since.lock() {
+                since.push_back(Instant::now());
+            }
         }
         Ok(())
     }
@@ -238,6 +245,7 @@ impl Clone for IngestCodec {
             shared: self.shared.clone(),
             conn: Arc::new(Connection {
                 last_ticket: AtomicU64::new(0),
+                unacked_since: Mutex::default(),
                 live: AtomicBool::new(true),
                 client_id: Mutex::default(),
                 username: Mutex::default(),
@@ -296,6 +304,18 @@ impl Protocol for IngestCodec {
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
         if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
             self.wait_durable()?;
+            let read_at = self
+                .conn
+                .unacked_since
+                .lock()
+                .ok()
+                .and_then(|mut since| since.pop_front());
+            if let Some(read_at) = read_at {
+                self.shared
+                    .metrics
+                    .puback_seconds
+                    .observe(read_at.elapsed().as_secs_f64());
+            }
         }
         V4.write(packet, write)
     }

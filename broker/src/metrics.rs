@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,8 +18,11 @@ pub struct QosLabel {
 }
 
 /// Broker counters; cheap to clone (each metric is an `Arc`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BrokerMetrics {
+    /// Time from reading a QoS 1/2 PUBLISH to writing its PUBACK/PUBREC,
+    /// i.e. what the spool's group commit costs a device, in seconds.
+    pub puback_seconds: Histogram,
     /// Publishes accepted into the spool, by QoS.
     pub publishes_accepted: Family<QosLabel, Counter>,
     /// Publishes refused, by reason (`topic`, `too_large`, `malformed`, `too_deep`).
@@ -42,8 +46,31 @@ pub struct BrokerMetrics {
     pub tls_connections_refused: Family<ReasonLabel, Counter>,
 }
 
+impl Default for BrokerMetrics {
+    fn default() -> Self {
+        BrokerMetrics {
+            // 100 µs .. ~6.5 s
+            puback_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 17)),
+            publishes_accepted: Family::default(),
+            publishes_rejected: Family::default(),
+            acks_withheld: Counter::default(),
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshakes_failed: Family::default(),
+            tls_connections_refused: Family::default(),
+        }
+    }
+}
+
 impl BrokerMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "edge_mqtt_puback_latency_seconds",
+            "Time from reading a QoS 1/2 publish to writing its acknowledgement",
+            self.puback_seconds.clone(),
+        );
         registry.register(
             "edge_mqtt_connections_refused",
             "CONNECTs refused for an unknown device or a wrong password",

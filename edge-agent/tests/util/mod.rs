@@ -22,8 +22,14 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the real binary on port 0 with its spool in `spool_dir`.
     pub fn spawn(spool_dir: &Path, uplink_url: &str) -> AgentProcess {
+        AgentProcess::spawn_with(spool_dir, uplink_url, &[])
+    }
+
+    /// Like [`AgentProcess::spawn`], with more arguments for `run`.
+    pub fn spawn_with(spool_dir: &Path, uplink_url: &str, extra: &[&str]) -> AgentProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
             .args(["run", "--log-format", "json", "--gateway-id", "gw-test"])
+            .args(extra)
             .arg("--spool-dir")
             .arg(spool_dir)
             .args([
