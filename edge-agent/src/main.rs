@@ -65,8 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_tracing(format: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rumqttd logs routine connection events at ERROR; keep its noise down.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+        // vendor/rumqttd logs a device's routine connection events at INFO or
+        // below (PATCHES.md #3); its warnings and errors are the broker's own.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         "human" => builder.init(),

@@ -413,7 +413,7 @@ impl Router {
         let client_id = match &self.obufs.get(id) {
             Some(v) => v.client_id.clone(),
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id); // PATCH(edge-telemetry) #3
                 return;
             }
         };
@@ -433,7 +433,7 @@ impl Router {
             let outgoing = match self.obufs.get_mut(id) {
                 Some(v) => v,
                 None => {
-                    error!("no-connection id {} is already gone", id);
+                    debug!("no-connection id {} is already gone", id); // PATCH(edge-telemetry) #3
                     return;
                 }
             };
@@ -536,7 +536,7 @@ impl Router {
         let incoming = match self.ibufs.get_mut(id) {
             Some(v) => v,
             None => {
-                error!("no-connection id {} is already gone", id);
+                debug!("no-connection id {} is already gone", id); // PATCH(edge-telemetry) #3
                 return;
             }
         };
@@ -1003,7 +1003,7 @@ impl Router {
         let outgoing = match self.obufs.get_mut(id) {
             Some(v) => v,
             None => {
-                error!("Connection is already disconnected");
+                debug!("Connection is already disconnected"); // PATCH(edge-telemetry) #3
                 return Some(());
             }
         };

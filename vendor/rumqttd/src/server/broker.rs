@@ -14,7 +14,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
+use tracing::{debug, error, field, info, warn, Instrument};
 use uuid::Uuid;
 
 #[cfg(feature = "websocket")]
@@ -408,7 +408,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            info!(
+            debug!(
                 name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
             );
 
@@ -520,7 +520,9 @@ async fn remote<P: Protocol>(
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            // PATCH(edge-telemetry): a refused or broken CONNECT is one
+            // device's routine event, not the broker's error (see PATCHES.md #3).
+            info!(error=?e, "Error while handling MQTT connect packet");
             return;
         }
     };
@@ -577,7 +579,7 @@ async fn remote<P: Protocol>(
     {
         Ok(l) => l,
         Err(e) => {
-            error!(error=?e, "Remote link error");
+            info!(error=?e, "Remote link error");
             // PATCH(edge-telemetry): take our sender out again (unless a newer
             // connection of this client id replaced it already).
             let mut wills = lock_wills(&will_handlers);
@@ -597,11 +599,11 @@ async fn remote<P: Protocol>(
 
     match link.start().await {
         // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
+        Ok(_) => debug!("connection-stop"),
         // No need to send a disconnect message when disconnection
         // originated internally in the router.
         Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
+            info!(error=?e, "router-drop");
             send_disconnect = false;
         }
         // Connection was closed by peer
@@ -612,7 +614,7 @@ async fn remote<P: Protocol>(
         }
         // Any other error
         Err(e) => {
-            error!(error=?e, "disconnected");
+            info!(error=?e, "disconnected");
         }
     };
 
