@@ -24,6 +24,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Query label of `cloud_sync_query_duration_seconds`: the route template.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// For example `/v1/devices/{id}/aggregates`.
+    pub route: String,
+}
+
 /// Every metric the collector exports, and the registry that holds them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,6 +42,7 @@ pub struct Metrics {
     documents: Counter,
     invalid_payloads: Counter,
     ingest_duration: Histogram,
+    query_duration: Family<QueryLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -86,6 +94,14 @@ impl Metrics {
             "Time to handle POST /v1/batches, from request to answer",
             ingest_duration.clone(),
         );
+        // 0.1 ms .. ~3 s: a point lookup up to a month of buckets.
+        let query_duration: Family<QueryLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 15)));
+        registry.register(
+            "cloud_sync_query_duration_seconds",
+            "Time to answer a query API request, by route",
+            query_duration.clone(),
+        );
         Metrics {
             registry,
             batches,
@@ -95,7 +111,17 @@ impl Metrics {
             documents,
             invalid_payloads,
             ingest_duration,
+            query_duration,
         }
+    }
+
+    /// Times one query API request.
+    pub fn observe_query(&self, route: &str, seconds: f64) {
+        self.query_duration
+            .get_or_create(&QueryLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Counts one batch request by its outcome and how long it took.

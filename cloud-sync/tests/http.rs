@@ -135,6 +135,9 @@ async fn health_and_metrics_over_the_wire() {
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(health.text().await.unwrap(), "ok");
     post(&server, encode_batch(&sample(2)), None, TOKEN).await;
+    for _ in 0..2 {
+        reqwest::get(server.url("/v1/devices")).await.unwrap();
+    }
     let metrics = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()
@@ -143,6 +146,10 @@ async fn health_and_metrics_over_the_wire() {
         .unwrap();
     assert!(
         metrics.contains("cloud_sync_envelopes_total{result=\"accepted\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cloud_sync_query_duration_seconds_count{route=\"/v1/devices\"} 2"),
         "{metrics}"
     );
     server.stop().await;

@@ -102,6 +102,7 @@ async fn healthz(State(state): State<AdminState>) -> Json<Health> {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    state.spool.refresh_oldest_age();
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

@@ -27,6 +27,8 @@ pub struct SpoolMetrics {
     pub group_commit_records: Histogram,
     /// Bytes of stored blocks.
     pub bytes: Gauge,
+    /// Age of the oldest stored reading in seconds (0 when empty), set when scraped.
+    pub oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Readings deleted before the collector had them, by reason (`full`, `expired`).
     pub dropped: Family<broker::ReasonLabel, Counter>,
     /// Readings refused because the spool was full (policy reject-new).
@@ -50,6 +52,7 @@ impl Default for SpoolMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             group_commit_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             bytes: Gauge::default(),
+            oldest_age_seconds: Gauge::default(),
             dropped: Family::default(),
             rejected_full: Counter::default(),
             rejected_disk: Counter::default(),
@@ -139,6 +142,11 @@ pub fn registry(
         "edge_spool_bytes",
         "Bytes of stored blocks",
         spool.bytes.clone(),
+    );
+    registry.register(
+        "edge_spool_oldest_age_seconds",
+        "Age of the oldest stored reading (0 when the spool is empty)",
+        spool.oldest_age_seconds.clone(),
     );
     registry.register(
         "edge_spool_dropped",

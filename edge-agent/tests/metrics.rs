@@ -96,6 +96,7 @@ async fn rejects_retries_and_dead_letters_are_counted_exactly() {
         ("edge_uplink_retries_total", 2.0),
         ("edge_uplink_batches_total{status=\"503\"}", 2.0),
         ("edge_spool_records", 0.0),
+        ("edge_spool_oldest_age_seconds", 0.0),
         ("edge_spool_write_errors_total", 0.0),
     ];
     for (series, want) in exact {

@@ -13,6 +13,11 @@
 //! GET  /assets/{file}                its scripts and stylesheets
 //! ```
 
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::decompression::RequestDecompressionLayer;
@@ -36,16 +41,19 @@ pub fn router(state: AppState) -> Router {
         .gzip(true)
         .zstd(true)
         .pass_through_unaccepted(true);
-    Router::new()
-        .route(
-            "/v1/batches",
-            post(batches::post_batch).layer(decompression),
-        )
+    let queries = Router::new()
         .route("/v1/devices", get(queries::devices))
         .route("/v1/devices/{id}/points", get(queries::points))
         .route("/v1/devices/{id}/aggregates", get(queries::aggregates))
         .route("/v1/devices/{id}/documents", get(queries::documents))
         .route("/v1/gateways", get(queries::gateways))
+        .route_layer(middleware::from_fn_with_state(state.clone(), timed));
+    Router::new()
+        .route(
+            "/v1/batches",
+            post(batches::post_batch).layer(decompression),
+        )
+        .merge(queries)
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/", get(dashboard::index))
@@ -54,4 +62,19 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Observes `cloud_sync_query_duration_seconds` for a query route.
+async fn timed(
+    State(state): State<AppState>,
+    route: MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics()
+        .observe_query(route.as_str(), started.elapsed().as_secs_f64());
+    response
 }

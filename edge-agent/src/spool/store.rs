@@ -481,6 +481,17 @@ impl Spool {
             .map(|h| h.first_received_at)
     }
 
+    /// Sets the oldest-reading age gauge; called when `/metrics` is scraped.
+    pub fn refresh_oldest_age(&self) {
+        let age_ms = self
+            .oldest_received_at()
+            .map_or(0, |at| crate::now_ms().saturating_sub(at));
+        self.inner
+            .metrics
+            .oldest_age_seconds
+            .set(age_ms as f64 / 1000.0);
+    }
+
     /// A fuller picture than [`Spool::stats`], for the offline CLI.
     pub fn inspect(&self) -> Result<SpoolReport, SpoolError> {
         let stats = self.stats();
