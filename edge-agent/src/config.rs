@@ -76,7 +76,7 @@ max_age = "7days"
 # edge_spool_dropped_total{reason="full"}); "reject-new": stop acknowledging
 # QoS 1 publishes, so devices keep their readings and resend them later.
 full_policy = "drop-oldest"
-# Free space left on the spool's filesystem (capped at 5 % of it): below it,
+# Free space left on the spool's filesystem (capped at 10 % of it): below it,
 # new readings get no PUBACK, as on a full disk, before sled runs out of room.
 min_free_bytes = 67108864
 

@@ -62,7 +62,7 @@ fn put(spool: &Spool, i: u64) -> bool {
     spool.wait_durable(ticket, Duration::from_secs(5)).is_ok()
 }
 
-/// The floor on free space (`min_free_bytes`, 5 % of this 8 MiB disk)
+/// The floor on free space (`min_free_bytes`, 10 % of this 8 MiB disk)
 /// refuses writes before sled meets ENOSPC.
 #[test]
 fn the_free_space_floor_refuses_writes_before_sled_runs_out() {

@@ -39,7 +39,7 @@ pub struct SpoolOptions {
     /// What a full spool does with new readings (default drop-oldest).
     pub full_policy: FullPolicy,
     /// Free space the spool leaves on its filesystem (default 64 MiB, and
-    /// never more than 5 % of the filesystem): below it new readings are
+    /// never more than 10 % of the filesystem): below it new readings are
     /// refused like on a full disk, before sled itself runs out of room.
     pub min_free_bytes: u64,
 }

@@ -189,8 +189,12 @@ pub(super) struct DiskGuard {
     min_free: u64,
     /// Free bytes at the last check.
     free: u64,
-    /// The floor in force (`min_free`, capped at 5 % of the filesystem).
+    /// The floor in force (`min_free`, capped at 10 % of the filesystem).
     floor: u64,
+    /// Below the floor at the last check: then writes resume only at twice
+    /// the floor, so that sled freeing a segment does not let one group in
+    /// and refuse the next.
+    low: bool,
 }
 
 impl DiskGuard {
@@ -200,6 +204,7 @@ impl DiskGuard {
             min_free,
             free: u64::MAX,
             floor: 0,
+            low: false,
         }
     }
 
@@ -210,8 +215,14 @@ impl DiskGuard {
         };
         self.free = stat.f_bavail.saturating_mul(stat.f_frsize);
         let size = stat.f_blocks.saturating_mul(stat.f_frsize);
-        self.floor = self.min_free.min(size / 20);
-        self.free >= self.floor
+        self.floor = self.min_free.min(size / 10);
+        let resume_at = if self.low {
+            self.floor.saturating_mul(2)
+        } else {
+            self.floor
+        };
+        self.low = self.free < resume_at;
+        !self.low
     }
 
     pub fn describe(&self) -> String {
