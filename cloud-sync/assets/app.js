@@ -2,6 +2,10 @@
 // query API (/v1/...), routed by the URL hash and refreshed every 10 s.
 // Plain JS without a build step; charts are drawn by the vendored uPlot.
 //
+// When the collector needs a read token, any 401/403 shows the sign-in form
+// (form#login); the token is kept in sessionStorage (this tab only) and sent
+// as `Authorization: Bearer` on every API fetch.
+//
 // For tests and scripts: each fleet row is tr[data-device="{id}"] with
 // data-stale="true|false"; each chart is section.chart[data-measurement]
 // and gets data-points="N" (buckets with a numeric value) once drawn.
@@ -37,9 +41,19 @@
   /** SenML units (RFC 8428 §12.1) shown in a friendlier spelling. */
   const UNIT_LABELS = { Cel: "°C" };
 
+  /** sessionStorage key of the read token. */
+  const TOKEN_KEY = "cloud-sync-read-token";
+
   const view = document.getElementById("view");
   const updated = document.getElementById("updated");
   const errorBox = document.getElementById("error");
+  const loginForm = document.getElementById("login");
+  const loginToken = document.getElementById("login-token");
+  const loginMessage = document.getElementById("login-message");
+  const logoutButton = document.getElementById("logout");
+
+  /** The API refused the token (or its absence): the user must sign in. */
+  class AuthError extends Error {}
 
   // ---- helpers -----------------------------------------------------------
 
@@ -58,16 +72,70 @@
     return el;
   }
 
-  /** GETs a path of the query API; throws with the API's error message. */
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (_) {
+      return null; // storage disabled: every visit signs in again
+    }
+  }
+
+  /**
+   * GETs a path of the query API; throws with the API's error message, an
+   * AuthError on 401/403.
+   */
   async function api(path) {
-    const response = await fetch(path, { headers: { accept: "application/json" } });
+    const headers = { accept: "application/json" };
+    const token = storedToken();
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(path, { headers });
     const body = await response.json().catch(() => null);
     if (!response.ok) {
       const message = body && body.error ? body.error.message : response.statusText;
+      if (response.status === 401 || response.status === 403) throw new AuthError(message);
       throw new Error(`${path}: ${response.status} ${message}`);
     }
     return body;
   }
+
+  function showLogin(message) {
+    loginMessage.textContent = storedToken()
+      ? `The token was refused: ${message}.`
+      : "This collector needs a read token (cloud-sync tokens add --read).";
+    loginForm.hidden = false;
+    view.hidden = true;
+    logoutButton.hidden = true;
+    loginToken.focus();
+  }
+
+  function hideLogin() {
+    loginForm.hidden = true;
+    view.hidden = false;
+    logoutButton.hidden = !storedToken();
+  }
+
+  loginForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = loginToken.value.trim();
+    if (!token) return;
+    try {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (_) {
+      // Without storage the token cannot outlive this call: nothing to do.
+    }
+    loginToken.value = "";
+    hideLogin();
+    navigate();
+  });
+
+  logoutButton.addEventListener("click", () => {
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) {
+      // nothing stored
+    }
+    navigate();
+  });
 
   /** Runs `task` over `items` with at most CONCURRENCY in flight. */
   async function eachLimited(items, task) {
@@ -480,13 +548,17 @@
     try {
       await current.refresh(live);
       if (live()) {
+        hideLogin();
         errorBox.hidden = true;
         const at = new Date();
         updated.dateTime = at.toISOString();
         updated.textContent = formatTime(at.getTime() / 1000);
       }
     } catch (err) {
-      if (live()) {
+      if (live() && err instanceof AuthError) {
+        errorBox.hidden = true;
+        showLogin(err.message);
+      } else if (live()) {
         errorBox.textContent = `refresh failed: ${err.message} · `;
         errorBox.hidden = false;
       }

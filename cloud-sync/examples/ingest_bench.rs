@@ -150,7 +150,7 @@ async fn shared_store_servers(store: Arc<dyn Store>, n: usize) -> anyhow::Result
     let mut servers = Vec::new();
     for _ in 0..n {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let state = AppState::with_store(&config(), Arc::clone(&store));
+        let state = AppState::with_store(&config(), Arc::clone(&store))?;
         servers.push(Server::with_state(listener, state)?);
     }
     Ok(serve(servers))

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::Context;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use cloud_sync::config::{Config, ConfigError, FileConfig, Overrides};
+use cloud_sync::tokens::{Role, TokenFile};
 
 /// The cloud collector of the edge telemetry pipeline.
 #[derive(Debug, Parser)]
@@ -36,6 +38,115 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage the API tokens of the token file (`auth.token_file`); a
+    /// running collector picks up changes without a restart.
+    Tokens {
+        #[command(flatten)]
+        file: TokenFileArgs,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Make a new token and print it, once, to stdout (details go to stderr).
+    Add(AddArgs),
+    /// List tokens: id, role, gateway, created. Never tokens or hashes.
+    List,
+    /// Remove a token by id; the collector refuses it from its next request on.
+    Revoke {
+        /// The id shown by `add` and `list`.
+        id: String,
+    },
+}
+
+/// Exactly one role.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("role").required(true).args(["gateway", "read", "admin"])))]
+pub struct AddArgs {
+    /// An ingest token, good only for batches of this gateway id.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// A read token: the query API and the dashboard.
+    #[arg(long)]
+    pub read: bool,
+    /// An admin token: reads, and batches of any gateway.
+    #[arg(long)]
+    pub admin: bool,
+}
+
+/// Which token file: --token-file, else the config file's `auth.token_file`.
+#[derive(Debug, Args)]
+pub struct TokenFileArgs {
+    /// TOML config file whose auth.token_file to use.
+    #[arg(long, short, global = true, env = "CLOUD_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The token file itself (overrides the config file's).
+    #[arg(long, global = true, env = "CLOUD_SYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenFileArgs {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.token_file {
+            return Ok(path.clone());
+        }
+        let Some(config) = &self.config else {
+            anyhow::bail!(
+                "no token file: pass --token-file PATH or --config FILE with auth.token_file"
+            );
+        };
+        FileConfig::load(config)?
+            .auth
+            .token_file
+            .with_context(|| format!("{} sets no auth.token_file", config.display()))
+    }
+}
+
+/// Runs a `tokens` command.
+pub fn tokens_command(file: TokenFileArgs, command: TokensCommand) -> anyhow::Result<()> {
+    let path = file.path()?;
+    let tokens = TokenFile::load(&path)?;
+    match command {
+        TokensCommand::Add(args) => {
+            let role = match (args.gateway, args.read, args.admin) {
+                (Some(gateway_id), _, _) => Role::Ingest { gateway_id },
+                (None, true, _) => Role::Read,
+                _ => Role::Admin,
+            };
+            let (info, token) = tokens.add(role)?;
+            let gateway = info
+                .role
+                .gateway_id()
+                .map(|g| format!(" for gateway {g}"))
+                .unwrap_or_default();
+            eprintln!(
+                "added {} token {}{gateway} to {}; it is shown only now:",
+                info.role.name(),
+                info.id,
+                path.display()
+            );
+            println!("{token}");
+        }
+        TokensCommand::List => {
+            println!("{:<10} {:<7} {:<24} CREATED", "ID", "ROLE", "GATEWAY");
+            for info in tokens.list() {
+                println!(
+                    "{:<10} {:<7} {:<24} {}",
+                    info.id,
+                    info.role.name(),
+                    info.role.gateway_id().unwrap_or("-"),
+                    info.created
+                );
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let info = tokens.revoke(&id)?;
+            println!("revoked {} token {}", info.role.name(), info.id);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +190,10 @@ pub struct ServeArgs {
     )]
     pub tokens: Option<Vec<String>>,
 
+    /// The hashed token file managed by `cloud-sync tokens`.
+    #[arg(long, env = "CLOUD_SYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Largest request body after decompression, bytes [default: 16 MiB].
     #[arg(long, env = "CLOUD_SYNC_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -97,6 +212,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             pool_size: self.store_pool_size,
             tokens: self.tokens,
+            token_file: self.token_file,
             max_body_bytes: self.max_body_bytes,
         })
         .validate()

@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const SLED_STORE: &str = "sled";
 /// Default bound on the PostgreSQL connections of one collector.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Default burst of the per-gateway ingest rate limit, batches.
+pub const DEFAULT_INGEST_BURST: u32 = 20;
 
 /// Runtime configuration, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +32,20 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which backend stores the data. Default: sled in `data_dir`.
     pub store: StoreBackend,
-    /// Bearer tokens accepted on `POST /v1/batches`; must not be empty.
+    /// Plain bearer tokens accepted on `POST /v1/batches` for any gateway
+    /// (demos and tests; `token_file` is the managed way). May be empty
+    /// when `token_file` is set.
     pub tokens: Vec<String>,
+    /// The hashed token file (`cloud-sync tokens`), re-read when it
+    /// changes. Default: none.
+    pub token_file: Option<PathBuf>,
+    /// Whether the query API needs a `read` or `admin` token. Default: on
+    /// when `token_file` is set, off otherwise (reads then stay open).
+    pub require_read_token: bool,
+    /// Per-gateway limit on `POST /v1/batches`; `None` (default) is unlimited.
+    pub ingest_rate_limit: Option<RateLimit>,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP. Default: none.
+    pub tls: Option<TlsFiles>,
     /// Largest request body accepted after decompression, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
     /// Bounds on each envelope's payload (size, CBOR nesting).
@@ -48,6 +62,10 @@ impl Config {
             data_dir: data_dir.into(),
             store: StoreBackend::Sled,
             tokens,
+            token_file: None,
+            require_read_token: false,
+            ingest_rate_limit: None,
+            tls: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             payload_limits: telemetry::Limits::default(),
         }
@@ -55,11 +73,28 @@ impl Config {
 
     /// Checks the invariants the server relies on; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.tokens.is_empty() {
+        if self.tokens.is_empty() && self.token_file.is_none() {
             return Err(invalid(
                 "auth.tokens",
-                "at least one token is required (try `cloud-sync config init`)",
+                "set auth.token_file (managed with `cloud-sync tokens`) or at least one token",
             ));
+        }
+        if self.require_read_token && self.token_file.is_none() {
+            return Err(invalid(
+                "auth.require_read_token",
+                "read tokens live in auth.token_file, which is not set",
+            ));
+        }
+        if let Some(limit) = &self.ingest_rate_limit {
+            if !limit.per_second.is_finite() || limit.per_second <= 0.0 {
+                return Err(invalid(
+                    "server.ingest_rate_limit",
+                    "must be a positive number of batches per second (0 turns it off)",
+                ));
+            }
+            if limit.burst == 0 {
+                return Err(invalid("server.ingest_burst", "must be at least 1"));
+            }
         }
         for (index, token) in self.tokens.iter().enumerate() {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -97,6 +132,27 @@ impl Config {
             StoreBackend::Postgres(postgres) => postgres.url.to_string(),
         }
     }
+}
+
+/// A per-gateway token bucket: `per_second` batches on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Batches per second, refilled continuously.
+    pub per_second: f64,
+    /// Most batches posted back to back after an idle spell.
+    pub burst: u32,
+}
+
+// `per_second` is validated finite, so equality is total in practice.
+impl Eq for RateLimit {}
+
+/// The PEM files of the collector's HTTPS listener, read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// Its private key: PKCS#8, PKCS#1 or SEC1.
+    pub key: PathBuf,
 }
 
 /// The storage backend of a collector.
@@ -254,6 +310,14 @@ pub struct ServerSection {
     pub listen: SocketAddr,
     /// Largest request body after decompression, bytes. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Batches per second each gateway may post; 0 (default) is unlimited.
+    pub ingest_rate_limit: f64,
+    /// Batches a gateway may post back to back. Default 20.
+    pub ingest_burst: u32,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -263,6 +327,31 @@ impl Default for ServerSection {
                 .parse()
                 .expect("the default listen address parses"),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            ingest_rate_limit: 0.0,
+            ingest_burst: DEFAULT_INGEST_BURST,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ServerSection {
+    fn rate_limit(&self) -> Option<RateLimit> {
+        (self.ingest_rate_limit != 0.0).then_some(RateLimit {
+            per_second: self.ingest_rate_limit,
+            burst: self.ingest_burst,
+        })
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (Some(_), None) => Err(invalid("server.tls_key", "is required with tls_cert")),
+            (None, Some(_)) => Err(invalid("server.tls_cert", "is required with tls_key")),
         }
     }
 }
@@ -327,8 +416,14 @@ impl StoreSection {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {
-    /// Gateway bearer tokens. No default: at least one must be set.
+    /// Plain bearer tokens, each good for ingest from any gateway (demos,
+    /// tests). Default none; with no `token_file` at least one is required.
     pub tokens: Vec<String>,
+    /// The hashed token file managed by `cloud-sync tokens`. Default none.
+    pub token_file: Option<PathBuf>,
+    /// Whether reads need a read (or admin) token. Default: true when
+    /// `token_file` is set, false otherwise.
+    pub require_read_token: Option<bool>,
 }
 
 /// `[payload]`
@@ -360,6 +455,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub pool_size: Option<usize>,
     pub tokens: Option<Vec<String>>,
+    pub token_file: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
 }
 
@@ -405,6 +501,9 @@ impl FileConfig {
         if let Some(tokens) = overrides.tokens {
             self.auth.tokens = tokens;
         }
+        if let Some(path) = overrides.token_file {
+            self.auth.token_file = Some(path);
+        }
         self
     }
 
@@ -415,6 +514,13 @@ impl FileConfig {
             store: self.store.backend()?,
             data_dir: self.store.data_dir,
             tokens: self.auth.tokens,
+            require_read_token: self
+                .auth
+                .require_read_token
+                .unwrap_or(self.auth.token_file.is_some()),
+            token_file: self.auth.token_file,
+            ingest_rate_limit: self.server.rate_limit(),
+            tls: self.server.tls()?,
             max_body_bytes: self.server.max_body_bytes,
             payload_limits: telemetry::Limits {
                 max_bytes: self.payload.max_bytes,
@@ -426,13 +532,11 @@ impl FileConfig {
     }
 }
 
-/// A fresh random token: 32 random bytes in hex.
-pub fn generate_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
+/// The token file named by the default config, beside it.
+pub const DEFAULT_TOKEN_FILE: &str = "cloud-sync-tokens";
 
 /// The commented default config file printed by `cloud-sync config init`.
-pub fn default_toml(token: &str) -> String {
+pub fn default_toml() -> String {
     let limits = telemetry::Limits::default();
     format!(
         r#"# cloud-sync configuration. Environment variables (CLOUD_SYNC_*) and
@@ -444,6 +548,15 @@ listen = "{DEFAULT_LISTEN}"
 # Largest request body accepted after decompression, in bytes (16 MiB).
 # Env: CLOUD_SYNC_MAX_BODY_BYTES.
 max_body_bytes = {DEFAULT_MAX_BODY_BYTES}
+# Batches per second each gateway may post (a token bucket per gateway id);
+# past it the answer is 429 with Retry-After. 0 turns the limit off.
+# A gateway catching up posts up to 4 batches at once, back to back.
+ingest_rate_limit = 0
+# Batches a gateway may post back to back before the rate applies.
+ingest_burst = {DEFAULT_INGEST_BURST}
+# Serve HTTPS: the certificate chain and its key, PEM. Both or neither.
+# tls_cert = "collector.pem"
+# tls_key = "collector.key"
 
 [store]
 # Where readings are stored: "{SLED_STORE}" for the embedded store in data_dir, or a
@@ -461,9 +574,17 @@ data_dir = "{DEFAULT_DATA_DIR}"
 pool_size = {DEFAULT_POOL_SIZE}
 
 [auth]
-# Bearer tokens gateways present on POST /v1/batches. Keep this file private.
-# Env: CLOUD_SYNC_TOKENS (comma-separated).
-tokens = ["{token}"]
+# The token file: one hashed token a line, each an ingest token bound to one
+# gateway, a read token (query API, dashboard) or an admin token (both).
+# Manage it with `cloud-sync tokens add|list|revoke`; the running collector
+# picks up changes. Env: CLOUD_SYNC_TOKEN_FILE.
+token_file = "{DEFAULT_TOKEN_FILE}"
+# Whether the query API and the dashboard's data need a read or admin token.
+# Default: true when token_file is set.
+# require_read_token = true
+# Plain tokens accepted on POST /v1/batches from any gateway, for demos and
+# tests. Env: CLOUD_SYNC_TOKENS (comma-separated).
+# tokens = []
 
 [payload]
 # Largest device payload decoded, in bytes; larger ones are kept as invalid documents.
@@ -482,13 +603,65 @@ mod tests {
 
     #[test]
     fn the_default_file_parses_and_validates() {
-        let token = generate_token();
-        assert_eq!(token.len(), 64);
-        let config = FileConfig::parse(&default_toml(&token), Path::new("x.toml"))
+        let config = FileConfig::parse(&default_toml(), Path::new("x.toml"))
             .unwrap()
             .validate()
             .unwrap();
-        assert_eq!(config, Config::new(DEFAULT_DATA_DIR, vec![token]));
+        let mut expected = Config::new(DEFAULT_DATA_DIR, Vec::new());
+        expected.token_file = Some(DEFAULT_TOKEN_FILE.into());
+        expected.require_read_token = true;
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn auth_and_limits_validate() {
+        let parse = |text: &str| FileConfig::parse(text, Path::new("c.toml")).unwrap();
+        // Reads stay open with plain tokens only; a token file closes them
+        // unless the operator says otherwise.
+        assert!(
+            !parse("[auth]\ntokens = [\"t\"]\n")
+                .validate()
+                .unwrap()
+                .require_read_token
+        );
+        let file = parse("[auth]\ntoken_file = \"tokens\"\n")
+            .validate()
+            .unwrap();
+        assert!(file.require_read_token);
+        assert!(file.tokens.is_empty());
+        let open = parse("[auth]\ntoken_file = \"t\"\nrequire_read_token = false\n");
+        assert!(!open.validate().unwrap().require_read_token);
+        for (text, field) in [
+            (
+                "[auth]\ntokens = [\"t\"]\nrequire_read_token = true\n",
+                "auth.require_read_token",
+            ),
+            (
+                "[auth]\ntokens = [\"t\"]\n[server]\ningest_rate_limit = -1\n",
+                "server.ingest_rate_limit",
+            ),
+            (
+                "[auth]\ntokens = [\"t\"]\n[server]\ningest_rate_limit = 1\ningest_burst = 0\n",
+                "server.ingest_burst",
+            ),
+            (
+                "[auth]\ntokens = [\"t\"]\n[server]\ntls_cert = \"c.pem\"\n",
+                "server.tls_key",
+            ),
+        ] {
+            let err = parse(text).validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let limited = parse("[auth]\ntokens = [\"t\"]\n[server]\ningest_rate_limit = 2.5\n")
+            .validate()
+            .unwrap();
+        assert_eq!(
+            limited.ingest_rate_limit,
+            Some(RateLimit {
+                per_second: 2.5,
+                burst: DEFAULT_INGEST_BURST
+            })
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod model;
 mod server;
 mod state;
 pub mod store;
+mod tls;
+pub mod tokens;
 
 pub use api::router;
 pub use config::Config;

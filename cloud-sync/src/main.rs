@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cloud_sync::config::{default_toml, generate_token};
+use cloud_sync::config::default_toml;
 use cloud_sync::Server;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -32,21 +32,36 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Init,
         } => {
-            print!("{}", default_toml(&generate_token()));
+            print!("{}", default_toml());
             Ok(())
         }
         Command::Config {
             command: ConfigCommand::Check(args),
         } => {
             let config = args.load()?;
+            let tokens = match &config.token_file {
+                // Read it as `serve` would, so that a bad line shows now.
+                Some(path) => format!(
+                    "token file {} ({} token(s))",
+                    path.display(),
+                    cloud_sync::tokens::TokenFile::load(path)?.list().len()
+                ),
+                None => format!("{} plain token(s)", config.tokens.len()),
+            };
             println!(
-                "config ok: listen {}, store {}, {} token(s)",
+                "config ok: listen {}{}, store {}, {tokens}, reads {}",
                 config.listen,
+                if config.tls.is_some() { " (https)" } else { "" },
                 config.store_description(),
-                config.tokens.len()
+                if config.require_read_token {
+                    "need a token"
+                } else {
+                    "open"
+                }
             );
             Ok(())
         }
+        Command::Tokens { file, command } => cli::tokens_command(file, command),
         Command::Serve(args) => {
             let config = args.load()?;
             let server = Server::bind(config).await?;

@@ -13,8 +13,18 @@ use crate::model::IngestOutcome;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     /// `ok`, or the error code of the answer: `bad_request`, `unauthorized`,
-    /// `payload_too_large`, `unsupported_media_type`, `internal_error`.
+    /// `forbidden`, `too_many_requests`, `payload_too_large`,
+    /// `unsupported_media_type`, `internal_error`.
     pub status: &'static str,
+}
+
+/// Labels of `cloud_sync_requests_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `ingest` (POST /v1/batches) or `query` (the read API).
+    pub endpoint: &'static str,
+    /// `unauthorized` (401), `forbidden` (403) or `too_many_requests` (429).
+    pub reason: &'static str,
 }
 
 /// Outcome label of `cloud_sync_envelopes_total`.
@@ -36,6 +46,7 @@ pub struct QueryLabels {
 pub struct Metrics {
     registry: Registry,
     batches: Family<StatusLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
     envelopes: Family<ResultLabels, Counter>,
     points: Counter,
     duplicate_points: Counter,
@@ -56,6 +67,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let batches = Family::<StatusLabels, Counter>::default();
         let envelopes = Family::<ResultLabels, Counter>::default();
+        let refused = Family::<RefusalLabels, Counter>::default();
         let points = Counter::default();
         let duplicate_points = Counter::default();
         let documents = Counter::default();
@@ -67,6 +79,11 @@ impl Metrics {
             "cloud_sync_batches",
             "Batches received on POST /v1/batches, by outcome",
             batches.clone(),
+        );
+        registry.register(
+            "cloud_sync_requests_refused",
+            "Requests refused for their token or their gateway's rate, by endpoint and reason",
+            refused.clone(),
         );
         registry.register(
             "cloud_sync_envelopes",
@@ -105,6 +122,7 @@ impl Metrics {
         Metrics {
             registry,
             batches,
+            refused,
             envelopes,
             points,
             duplicate_points,
@@ -128,6 +146,19 @@ impl Metrics {
     pub fn observe_batch(&self, status: &'static str, seconds: f64) {
         self.batches.get_or_create(&StatusLabels { status }).inc();
         self.ingest_duration.observe(seconds);
+    }
+
+    /// Counts a refusal when `code` is one of authentication or rate
+    /// (`unauthorized`, `forbidden`, `too_many_requests`); ignores others.
+    pub fn observe_refusal(&self, endpoint: &'static str, code: &'static str) {
+        if matches!(code, "unauthorized" | "forbidden" | "too_many_requests") {
+            self.refused
+                .get_or_create(&RefusalLabels {
+                    endpoint,
+                    reason: code,
+                })
+                .inc();
+        }
     }
 
     /// Counts what a stored batch held.
@@ -163,6 +194,8 @@ mod tests {
     fn names_follow_the_convention() {
         let metrics = Metrics::new();
         metrics.observe_batch("ok", 0.01);
+        metrics.observe_refusal("ingest", "too_many_requests");
+        metrics.observe_refusal("query", "bad_request");
         metrics.observe_outcome(&IngestOutcome {
             accepted: 3,
             duplicates: 1,
@@ -177,8 +210,10 @@ mod tests {
             "cloud_sync_points_total 5",
             "cloud_sync_documents_total 0",
             "cloud_sync_request_duration_seconds_count 1",
+            "cloud_sync_requests_refused_total{endpoint=\"ingest\",reason=\"too_many_requests\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+        assert!(!text.contains("bad_request"), "{text}");
     }
 }

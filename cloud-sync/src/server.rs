@@ -6,8 +6,12 @@
 //! store is flushed once more. Connections that do not finish within
 //! [`DRAIN_TIMEOUT`] are abandoned; their batches were not acknowledged, so
 //! the gateways retry them.
+//!
+//! With `server.tls_cert` and `tls_key` the same router is served over
+//! HTTPS (`tls.rs`); the certificate is read once, at bind.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::router;
 use crate::config::Config;
 use crate::state::AppState;
+use crate::tls::TlsListener;
 
 /// How long shutdown waits for open requests to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,17 +32,22 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: AppState,
+    /// HTTPS when set.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
     /// Validates `config`, binds its listen address and opens the store.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let state = AppState::open(&config).await?;
-        Server::with_state(listener, state)
+        let mut server = Server::with_state(listener, state)?;
+        server.tls = tls;
+        Ok(server)
     }
 
     /// A server on an already bound listener over an already opened state:
@@ -51,6 +61,7 @@ impl Server {
             listener,
             local_addr,
             state,
+            tls: None,
         })
     }
 
@@ -70,10 +81,27 @@ impl Server {
             listener,
             local_addr,
             state,
+            tls,
         } = self;
-        tracing::info!(addr = %local_addr, "collector listening");
-        let serve = axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let app = router(state.clone());
+        let graceful = shutdown.clone().cancelled_owned();
+        let serve = async move {
+            match tls {
+                Some(config) => {
+                    tracing::info!(addr = %local_addr, "collector listening (https)");
+                    let listener = TlsListener::new(listener, config)?;
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+                None => {
+                    tracing::info!(addr = %local_addr, "collector listening");
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(graceful)
+                        .await
+                }
+            }
+        };
         let drain_limit = async {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;

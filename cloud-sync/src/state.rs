@@ -1,19 +1,22 @@
 //! What every request handler shares: the store, the accepted tokens, the
-//! limits and the metrics registry of one collector instance.
+//! rate limiter, the limits and the metrics registry of one collector instance.
 
 use std::sync::Arc;
 
-use crate::api::LogGate;
+use crate::api::{Auth, LogGate, RateLimiter};
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::metrics::Metrics;
 use crate::store::{PostgresStore, SledStore, Store, StoreError};
+use crate::tokens::{TokenFile, TokenFileError};
 
 /// Shared state of one collector; cheap to clone (everything is behind `Arc`).
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<dyn Store>,
-    /// Accepted bearer tokens, compared in constant time.
-    tokens: Arc<[String]>,
+    /// Accepted bearer tokens and what each may do.
+    auth: Arc<Auth>,
+    /// Per-gateway token buckets of `POST /v1/batches`; `None` is unlimited.
+    rate_limiter: Option<Arc<RateLimiter>>,
     /// Bound on a request body after decompression, bytes.
     max_body_bytes: usize,
     payload_limits: telemetry::Limits,
@@ -26,7 +29,8 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Tokens are secrets: never print them.
         f.debug_struct("AppState")
-            .field("tokens", &self.tokens.len())
+            .field("auth", &self.auth)
+            .field("rate_limiter", &self.rate_limiter)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("payload_limits", &self.payload_limits)
             .finish_non_exhaustive()
@@ -39,6 +43,9 @@ pub enum OpenError {
     /// The configuration is unusable; fix it.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `auth.token_file` cannot be read or has a bad line; fix the file.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
     /// The store cannot be opened (sled: locked by another process,
     /// unreadable; PostgreSQL: unreachable, refused, failed to migrate;
     /// either: written by another schema version).
@@ -55,6 +62,8 @@ impl AppState {
     /// (on the blocking pool), or PostgreSQL, connected and migrated.
     pub async fn open(config: &Config) -> Result<AppState, OpenError> {
         config.validate()?;
+        // Before the store: a bad token file should not wait for PostgreSQL.
+        let auth = auth(config)?;
         let opened: Result<Arc<dyn Store>, StoreError> = match &config.store {
             StoreBackend::Sled => {
                 let dir = config.data_dir.clone();
@@ -71,14 +80,22 @@ impl AppState {
             store: config.store_description(),
             error,
         })?;
-        Ok(AppState::with_store(config, store))
+        Ok(AppState::assemble(config, store, auth))
     }
 
-    /// State over an already opened store (another backend, or a shared one in tests).
-    pub fn with_store(config: &Config, store: Arc<dyn Store>) -> AppState {
+    /// State over an already opened store (another backend, or a shared one
+    /// in tests). Fails only on a bad token file.
+    pub fn with_store(config: &Config, store: Arc<dyn Store>) -> Result<AppState, OpenError> {
+        Ok(AppState::assemble(config, store, auth(config)?))
+    }
+
+    fn assemble(config: &Config, store: Arc<dyn Store>, auth: Auth) -> AppState {
         AppState {
             store,
-            tokens: config.tokens.clone().into(),
+            auth: Arc::new(auth),
+            rate_limiter: config
+                .ingest_rate_limit
+                .map(|limit| Arc::new(RateLimiter::new(limit.per_second, limit.burst))),
             max_body_bytes: config.max_body_bytes,
             payload_limits: config.payload_limits,
             metrics: Arc::new(Metrics::new()),
@@ -94,8 +111,12 @@ impl AppState {
         &self.metrics
     }
 
-    pub(crate) fn tokens(&self) -> &[String] {
-        &self.tokens
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub(crate) fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_deref()
     }
 
     pub(crate) fn max_body_bytes(&self) -> usize {
@@ -109,4 +130,25 @@ impl AppState {
     pub(crate) fn rejections(&self) -> &LogGate {
         &self.rejections
     }
+}
+
+fn auth(config: &Config) -> Result<Auth, TokenFileError> {
+    let file = match &config.token_file {
+        Some(path) => {
+            let file = TokenFile::load(path)?;
+            if file.list().is_empty() && config.tokens.is_empty() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the token file holds no token yet: every request that needs one is refused until `cloud-sync tokens add`"
+                );
+            }
+            Some(Arc::new(file))
+        }
+        None => None,
+    };
+    Ok(Auth::new(
+        config.tokens.clone(),
+        file,
+        config.require_read_token,
+    ))
 }

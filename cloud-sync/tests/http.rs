@@ -118,6 +118,68 @@ async fn a_zstd_bomb_is_refused_with_413() {
 }
 
 #[tokio::test]
+async fn a_gzip_bomb_is_refused_with_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_body_bytes = 1024 * 1024;
+    let server = TestServer::start(config).await;
+    // 64 MiB of zeros deflate to about 64 KiB.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::copy(&mut std::io::repeat(0).take(64 << 20), &mut encoder).unwrap();
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
+    let (status, json) = post(&server, bomb, Some("gzip"), TOKEN).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert_eq!(json["error"]["code"], "payload_too_large");
+    let (status, _) = post(&server, encode_batch(&sample(1)), None, TOKEN).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn compressed_input_that_inflates_to_nothing_is_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_body_bytes = 64 * 1024;
+    let server = TestServer::start(config).await;
+    // zstd skippable frames (RFC 8878 §3.1.2) decompress to nothing: 1 MiB
+    // of them would stream through the decompressor without ever reaching
+    // the limit on decompressed bytes.
+    let mut frames = Vec::new();
+    while frames.len() < 1 << 20 {
+        frames.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        frames.extend_from_slice(&4088u32.to_le_bytes());
+        frames.extend(std::iter::repeat_n(0u8, 4088));
+    }
+    let (status, json) = post(&server, frames, Some("zstd"), TOKEN).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{json}");
+    assert_eq!(json["error"]["code"], "payload_too_large");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_batches_get_clear_400s() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(config(dir.path())).await;
+    let mut bad_spool = sample(1);
+    bad_spool.spool_id = "xyz".into();
+    let mut bad_gateway = sample(1);
+    bad_gateway.gateway_id = "gw/../x".into();
+    for (body, expected) in [
+        (b"\xa1\x61".to_vec(), "batch"),
+        (encode_batch(&bad_spool), "spool_id"),
+        (encode_batch(&bad_gateway), "gateway"),
+    ] {
+        let (status, json) = post(&server, body, None, TOKEN).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        assert_eq!(json["error"]["code"], "bad_request");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_wrong_token_is_401_over_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(config(dir.path())).await;

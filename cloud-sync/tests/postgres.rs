@@ -388,7 +388,8 @@ async fn the_grafana_queries_in_the_docs_run() {
         return;
     };
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&schema.config(2)).await.unwrap());
-    let state = cloud_sync::AppState::with_store(&config(std::path::Path::new("unused")), store);
+    let state = cloud_sync::AppState::with_store(&config(std::path::Path::new("unused")), store)
+        .expect("no token file");
     let router = cloud_sync::router(state);
     let envelopes = (1..=30)
         .map(|seq| {

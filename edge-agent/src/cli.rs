@@ -299,6 +299,9 @@ pub struct RunArgs {
     /// Bearer token of this gateway at the collector.
     #[arg(long, env = "EDGE_AGENT_UPLINK_TOKEN", hide_env_values = true)]
     pub uplink_token: Option<String>,
+    /// PEM file of CA certificates trusted for an https:// collector.
+    #[arg(long, env = "EDGE_AGENT_UPLINK_CA_FILE")]
+    pub uplink_ca_file: Option<PathBuf>,
     /// Listen address of /healthz and /metrics.
     #[arg(long, env = "EDGE_AGENT_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
@@ -327,6 +330,7 @@ impl RunArgs {
         overlay(&mut file.spool.dir, &self.spool_dir);
         overlay(&mut file.uplink.url, &self.uplink_url);
         overlay(&mut file.uplink.token, &self.uplink_token);
+        overlay(&mut file.uplink.ca_file, &self.uplink_ca_file);
         overlay(&mut file.admin.listen, &self.admin_listen);
         overlay(&mut file.mqtt.devices_file, &self.devices_file);
         Ok(file)

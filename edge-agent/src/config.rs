@@ -4,7 +4,7 @@
 //! `validate` turns it into the runtime `Config`, naming the field at fault.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -81,8 +81,11 @@ full_policy = "drop-oldest"
 min_free_bytes = 67108864
 
 [uplink]
-# Base URL of the cloud-sync collector.
+# Base URL of the cloud-sync collector: http:// or https://.
 url = "http://127.0.0.1:8480"
+# PEM file of CA certificates trusted for an https:// collector, on top of the
+# system's trust store (a private CA, or the collector's self-signed certificate).
+# ca_file = "collector-ca.pem"
 # Bearer token of this gateway (required).
 # token = "..."
 # A batch closes at this many readings, this many bytes, or this long after its first reading.
@@ -170,6 +173,7 @@ pub struct SpoolSection {
 pub struct UplinkSection {
     pub url: Option<String>,
     pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub max_batch_records: Option<usize>,
     pub max_batch_bytes: Option<usize>,
     pub linger: Option<String>,
@@ -200,6 +204,9 @@ pub struct UplinkConfig {
     /// Base URL of the collector, without a trailing slash.
     pub url: String,
     pub token: String,
+    /// Extra trusted CAs for an https collector (`uplink.ca_file`), added to
+    /// the system's trust store. Empty by default.
+    pub ca_certs: CaCertificates,
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
     pub linger: Duration,
@@ -210,6 +217,59 @@ pub struct UplinkConfig {
     /// Batch requests in flight at once while a backlog drains (default 4).
     /// Acks stay in seq order; live traffic still goes one batch per linger.
     pub concurrency: usize,
+}
+
+/// CA certificates read from `uplink.ca_file`.
+#[derive(Clone, Default)]
+pub struct CaCertificates {
+    /// Where they came from, for messages.
+    pub file: Option<PathBuf>,
+    pub certs: Vec<reqwest::Certificate>,
+}
+
+impl std::fmt::Debug for CaCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaCertificates")
+            .field("file", &self.file)
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl CaCertificates {
+    /// Reads a PEM bundle; errors name the field and the file.
+    pub fn load(path: &Path) -> anyhow::Result<CaCertificates> {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("uplink.ca_file {}: cannot read", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("uplink.ca_file {}: not PEM", path.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "uplink.ca_file {}: no PEM certificate found",
+                path.display()
+            );
+        }
+        let ca = CaCertificates {
+            file: Some(path.to_path_buf()),
+            certs,
+        };
+        // A PEM block that is not an X.509 certificate fails only when the
+        // client is built: find it now, not at the first upload.
+        ca.client(Duration::from_secs(30))?;
+        Ok(ca)
+    }
+
+    /// The uplink's HTTP client: rustls (ring) with the system's roots plus these.
+    pub fn client(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        for cert in &self.certs {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        builder.build().with_context(|| match &self.file {
+            Some(path) => format!("uplink.ca_file {}: unusable certificate", path.display()),
+            None => "cannot build the uplink http client".to_string(),
+        })
+    }
 }
 
 /// The agent's runtime configuration.
@@ -281,9 +341,13 @@ impl FileConfig {
         let up = self.uplink;
         let url = up.url.unwrap_or_else(|| "http://127.0.0.1:8480".into());
         let parsed = reqwest::Url::parse(&url).with_context(|| format!("uplink.url {url:?}"))?;
-        if parsed.scheme() != "http" {
-            bail!("uplink.url must be an http:// URL (https arrives with TLS support)");
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
+            bail!("uplink.url must be an http:// or https:// URL, not {url:?}");
         }
+        let ca_certs = match &up.ca_file {
+            Some(path) => CaCertificates::load(path)?,
+            None => CaCertificates::default(),
+        };
         let token = up.token.unwrap_or_default();
         if token.is_empty() {
             bail!(
@@ -299,6 +363,7 @@ impl FileConfig {
         let uplink = UplinkConfig {
             url: url.trim_end_matches('/').to_string(),
             token,
+            ca_certs,
             max_batch_records: up.max_batch_records.unwrap_or(1000),
             max_batch_bytes: up.max_batch_bytes.unwrap_or(1024 * 1024),
             linger: duration("uplink.linger", up.linger, Duration::from_millis(100))?,
@@ -555,6 +620,31 @@ mod tests {
         // The example files do not exist here: the error names the first.
         let err = file.validate().unwrap_err();
         assert!(format!("{err:#}").contains("server.pem"), "{err:#}");
+    }
+
+    #[test]
+    fn https_uplinks_and_their_ca_file_are_checked() {
+        let validate = |uplink: &str| {
+            FileConfig::parse(&format!("[uplink]\ntoken = \"t\"\n{uplink}"))
+                .unwrap()
+                .validate()
+        };
+        let config = validate("url = \"https://collector.example:8480\"").unwrap();
+        assert_eq!(config.uplink.url, "https://collector.example:8480");
+        assert!(config.uplink.ca_certs.certs.is_empty());
+        let err = validate("url = \"ftp://collector.example\"").unwrap_err();
+        assert!(err.to_string().contains("uplink.url"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = validate(&format!("ca_file = {missing:?}")).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("uplink.ca_file"), "{message}");
+        assert!(message.contains("missing.pem"), "{message}");
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let err = validate(&format!("ca_file = {not_pem:?}")).unwrap_err();
+        assert!(format!("{err:#}").contains("no PEM certificate"), "{err:#}");
     }
 
     #[test]

@@ -111,13 +111,13 @@ impl Uplink {
     /// Requests still in flight are abandoned (their batches are sent again
     /// after a restart).
     pub async fn run(self, shutdown: CancellationToken) {
-        let client = match reqwest::Client::builder()
-            .timeout(self.config.request_timeout)
-            .build()
-        {
+        let client = match self.config.ca_certs.client(self.config.request_timeout) {
             Ok(client) => client,
             Err(err) => {
-                error!(error = %err, "cannot build the uplink http client");
+                error!(
+                    error = format!("{err:#}"),
+                    "cannot build the uplink http client"
+                );
                 return;
             }
         };
@@ -430,7 +430,7 @@ impl Uplink {
                 self.count("error");
                 let outcome = Outcome::Retry {
                     after: None,
-                    reason: format!("request failed: {err}"),
+                    reason: format!("request failed: {}", error_chain(&err)),
                     alarm: false,
                 };
                 return (batch, outcome);
@@ -782,6 +782,28 @@ fn compress(
             Ok((encoder.finish()?, Some("gzip")))
         }
     }
+}
+
+/// An error and its causes on one line: reqwest's own message ("error
+/// sending request") hides the reason, such as a certificate from an
+/// unknown CA, in its sources. Certificate failures get a hint.
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    if text.contains("certificate") {
+        text.push_str(
+            " (is uplink.ca_file the CA that signed the collector's certificate, and the URL's host in it?)",
+        );
+    }
+    text
 }
 
 async fn sleep_opt(wait: Option<Duration>) {

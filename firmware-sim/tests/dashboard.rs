@@ -1,7 +1,9 @@
 //! The collector's dashboard in a real headless Chromium: a collector filled
 //! by a short simulated run (5 devices × 20 readings through an edge agent);
 //! the fleet page must list every device with its latest value and a device
-//! page's chart must have drawn data points, not only loaded. Screenshots
+//! page's chart must have drawn data points, not only loaded. (Reads are
+//! open there: the collector has plain tokens only.) A collector whose reads
+//! need a token must show the sign-in form instead. Screenshots
 //! of the pages are kept in `target/test-artifacts/dashboard-*.png`.
 //!
 //! Chromium is Debian's `chromium` (`.ci/run` installs it; `CHROMIUM` names
@@ -117,6 +119,42 @@ async fn fleet_table_lists_devices_and_device_chart_draws_points() {
     }
 
     agent.shutdown().await.unwrap();
+    stop.cancel();
+    collector_task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_read_token_the_dashboard_asks_for_one() {
+    let Some(chromium) = chromium().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cloud_sync::Config::new(dir.path().join("cloud"), Vec::new());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token_file = Some(dir.path().join("tokens"));
+    config.require_read_token = true;
+    let collector = cloud_sync::Server::bind(config).await.unwrap();
+    let url = format!("http://{}", collector.local_addr());
+    let stop = CancellationToken::new();
+    let collector_task = tokio::spawn(collector.run(stop.clone()));
+
+    let dom = chromium.dump_dom(&format!("{url}/#/")).await;
+    let form = element(&dom, "<form id=\"login\"", ">")
+        .unwrap_or_else(|| panic!("no sign-in form:\n{dom}"));
+    assert!(
+        !form.contains("hidden"),
+        "the sign-in form is hidden: {form}"
+    );
+    let main = element(&dom, "<main id=\"view\"", ">").unwrap();
+    assert!(
+        main.contains("hidden"),
+        "the page shows behind the form: {main}"
+    );
+    assert!(dom.contains("needs a read token"), "{dom}");
+    let path = artifacts_dir().join("dashboard-login.png");
+    chromium.screenshot(&format!("{url}/#/"), &path).await;
+    eprintln!("screenshot: {}", path.display());
+
     stop.cancel();
     collector_task.await.unwrap().unwrap();
 }

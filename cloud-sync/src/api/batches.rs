@@ -1,5 +1,11 @@
-//! `POST /v1/batches`: authenticate, read the (decompressed, bounded) body,
-//! decode and validate the `SyncBatch`, store it, answer `BatchResponse`.
+//! `POST /v1/batches`: authenticate, apply the gateway's rate limit, read
+//! the (decompressed, bounded) body, decode and validate the `SyncBatch`,
+//! check that the token may post for its gateway, store it, answer
+//! `BatchResponse`.
+//!
+//! A token bound to a gateway is rate-limited before its body is read, so
+//! a flooding gateway costs no decompression; a token good for any gateway
+//! (admin, plain) is limited by the batch's `gateway_id` once decoded.
 //!
 //! The answer leaves only after the store made the batch durable, so a 200
 //! lets the gateway delete the envelopes from its spool.
@@ -7,15 +13,17 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use telemetry::{decode_batch, BatchResponse};
 
-use super::auth::check_bearer;
+use super::auth::IngestGrant;
 use super::error::ApiError;
+use super::rate_limit::retry_after_secs;
 use crate::ingest::prepare;
 use crate::model::PreparedBatch;
 use crate::state::AppState;
@@ -33,6 +41,9 @@ pub async fn post_batch(State(state): State<AppState>, headers: HeaderMap, body:
     state
         .metrics()
         .observe_batch(status, started.elapsed().as_secs_f64());
+    if let Err(err) = &result {
+        state.metrics().observe_refusal("ingest", err.code());
+    }
     match result {
         Ok(answer) => Json(answer).into_response(),
         Err(err) => {
@@ -56,7 +67,10 @@ async fn ingest(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<BatchResponse, ApiError> {
-    check_bearer(headers, state.tokens())?;
+    let grant = state.auth().ingest(headers)?;
+    if let IngestGrant::Gateway(gateway_id) = &grant {
+        rate_limit(state, gateway_id)?;
+    }
     check_media(headers)?;
     let bytes = read_body(body, state.max_body_bytes()).await?;
     let limits = state.payload_limits();
@@ -64,6 +78,16 @@ async fn ingest(
     let prepared = tokio::task::spawn_blocking(move || decode(&bytes, &limits))
         .await
         .map_err(|_| ApiError::internal())??;
+    match &grant {
+        IngestGrant::Gateway(bound) if *bound != prepared.gateway_id => {
+            return Err(ApiError::forbidden(format!(
+                "this token is bound to gateway {bound:?} and cannot post for {:?}",
+                prepared.gateway_id
+            )));
+        }
+        IngestGrant::Gateway(_) => {}
+        IngestGrant::Any => rate_limit(state, &prepared.gateway_id)?,
+    }
     let gateway_id = prepared.gateway_id.clone();
     let envelopes = prepared.envelopes.len();
     let outcome = state.store().ingest(prepared).await?;
@@ -81,6 +105,17 @@ async fn ingest(
         accepted: outcome.accepted,
         duplicates: outcome.duplicates,
     })
+}
+
+/// Takes one batch from `gateway_id`'s bucket, or answers 429.
+fn rate_limit(state: &AppState, gateway_id: &str) -> Result<(), ApiError> {
+    match state
+        .rate_limiter()
+        .map(|limiter| limiter.check(gateway_id))
+    {
+        Some(Err(wait)) => Err(ApiError::too_many_requests(retry_after_secs(wait))),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses bodies that are not CBOR, and encodings the decompression layer
@@ -110,18 +145,50 @@ fn check_media(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Middleware in front of the decompression layer: bounds the body as it
+/// arrives (compressed) by the same limit. Without it, input that
+/// decompresses to little or nothing (zstd skippable frames, empty gzip
+/// members) could stream in for ever; with it, the work per request is
+/// bounded on both sides of the decompressor.
+pub async fn limit_raw_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.max_body_bytes();
+    next.run(request.map(|body| Body::new(Limited::new(body, limit))))
+        .await
+}
+
 /// Reads at most `limit` decompressed bytes: a compression bomb stops at
 /// the limit instead of inflating.
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(limit))
-        }
+        Err(err) if is_length_limit(err.as_ref()) => Err(ApiError::payload_too_large(limit)),
         Err(_) => Err(ApiError::bad_request(
             "request body could not be read or decompressed",
         )),
     }
+}
+
+/// Whether `err` is, or was caused by, a [`LengthLimitError`]: of this
+/// handler's limit, or of [`limit_raw_body`]'s, which reaches here wrapped
+/// by the decompressor in an `io::Error` (whose `source()` skips the
+/// wrapped error, hence `get_ref`).
+fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.is::<LengthLimitError>() {
+        return true;
+    }
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if is_length_limit(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(is_length_limit)
 }
 
 fn decode(bytes: &[u8], limits: &telemetry::Limits) -> Result<PreparedBatch, ApiError> {

@@ -10,8 +10,11 @@ mod json;
 mod log_gate;
 mod ops;
 mod queries;
+mod rate_limit;
 mod routes;
 
+pub(crate) use self::auth::Auth;
 pub use self::error::ApiError;
 pub(crate) use self::log_gate::LogGate;
+pub(crate) use self::rate_limit::RateLimiter;
 pub use self::routes::{router, DEFAULT_POINTS_LIMIT, MAX_BUCKETS, MAX_POINTS_LIMIT};

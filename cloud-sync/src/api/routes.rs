@@ -1,7 +1,9 @@
 //! The route table of the collector.
 //!
 //! ```text
-//! POST /v1/batches                   bearer token; body SyncBatch (CBOR, optionally zstd/gzip)
+//! POST /v1/batches                   ingest/admin token; body SyncBatch (CBOR, optionally zstd/gzip)
+//!                                    (the query routes below need a read/admin token
+//!                                     when `require_read_token` is on; see auth.rs)
 //! GET  /v1/devices
 //! GET  /v1/devices/{id}/points       ?name=&from=&to=&limit=
 //! GET  /v1/devices/{id}/aggregates   ?name=&from=&to=&step=
@@ -23,7 +25,7 @@ use axum::Router;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
-use super::{batches, dashboard, ops, queries};
+use super::{auth, batches, dashboard, ops, queries};
 use crate::state::AppState;
 
 /// Points (or documents) returned when the query names no limit.
@@ -41,17 +43,29 @@ pub fn router(state: AppState) -> Router {
         .gzip(true)
         .zstd(true)
         .pass_through_unaccepted(true);
+    // The dashboard's page and scripts stay public (they hold no data and
+    // carry the login form); the data behind them is what needs a token.
     let queries = Router::new()
         .route("/v1/devices", get(queries::devices))
         .route("/v1/devices/{id}/points", get(queries::points))
         .route("/v1/devices/{id}/aggregates", get(queries::aggregates))
         .route("/v1/devices/{id}/documents", get(queries::documents))
         .route("/v1/gateways", get(queries::gateways))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read,
+        ))
+        // Outermost, so refused queries are timed too.
         .route_layer(middleware::from_fn_with_state(state.clone(), timed));
     Router::new()
         .route(
             "/v1/batches",
-            post(batches::post_batch).layer(decompression),
+            post(batches::post_batch)
+                .layer(decompression)
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    batches::limit_raw_body,
+                )),
         )
         .merge(queries)
         .route("/healthz", get(ops::healthz))

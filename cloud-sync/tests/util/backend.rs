@@ -28,7 +28,7 @@ impl TestStore {
     /// A router over this store and its state (fresh metrics).
     pub fn app(&self) -> (Router, AppState) {
         let config = super::config(Path::new("unused"));
-        let state = AppState::with_store(&config, Arc::clone(&self.store));
+        let state = AppState::with_store(&config, Arc::clone(&self.store)).expect("no token file");
         (router(state.clone()), state)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod crash;
+pub mod pki;
 pub mod postgres;
 
 use std::net::SocketAddr;
@@ -177,6 +178,10 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 
     /// Cancels, waits for the drain and the final flush.

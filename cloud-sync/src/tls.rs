@@ -1,0 +1,187 @@
+//! HTTPS for the collector: the PEM files of `server.tls_cert` and
+//! `server.tls_key` become one rustls `ServerConfig` (ring provider, TLS 1.2
+//! and 1.3, ALPN h2 and http/1.1), and [`TlsListener`] hands axum only
+//! connections whose handshake is done.
+//!
+//! ```text
+//! TcpListener ──accept──▶ spawn: handshake (≤ HANDSHAKE_TIMEOUT, ≤ MAX_HANDSHAKES at once)
+//!                                   │ done
+//!                                   ▼
+//!                      bounded channel ──▶ TlsListener::accept ──▶ axum::serve
+//! ```
+//!
+//! Invariant: the accept loop never waits on a peer, so one silent client
+//! cannot stall the handshakes of the others (the trap rumqttd's TLS
+//! listener falls into, see DESIGN.md).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsFiles;
+
+/// Time a client has to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait to be accepted
+/// (in the kernel's backlog) until one finishes.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Why the TLS files cannot be used; the operator must fix the named file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file cannot be read.
+    #[error("server.{field} {path}: {source}")]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file holds no PEM item of the expected kind.
+    #[error("server.{field} {path}: no PEM {what} found")]
+    Empty {
+        field: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    /// The certificate and key do not fit together, or rustls refuses them.
+    #[error("server.tls_cert {cert} with server.tls_key {key}: {reason}")]
+    Unusable {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+}
+
+/// Reads the certificate chain and key and builds the server configuration.
+pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let unusable = |reason: String| TlsError::Unusable {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        reason,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| unusable(err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| unusable(err.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        field,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file("tls_cert", path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            field: "tls_cert",
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file("tls_key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Empty {
+        field: "tls_key",
+        path: path.to_owned(),
+        what: "private key (PKCS#8, PKCS#1 or SEC1)",
+    })
+}
+
+/// An `axum::serve` listener that yields TLS streams after their handshake.
+/// The accept loop runs in its own task and stops when this is dropped.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    /// Starts accepting on `listener`; handshakes use `config`.
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<TlsListener> {
+        let local_addr = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+        Ok(TlsListener { ready, local_addr })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            () = tx.closed() => return,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send((tls, peer)).await;
+                }
+                // Scanners, wrong CAs, plain HTTP on the TLS port: routine.
+                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "tls handshake failed"),
+                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(ready) => ready,
+            // The accept loop only stops once this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
