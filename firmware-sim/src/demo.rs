@@ -63,6 +63,7 @@ pub async fn demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result
         "edge telemetry demo: {} devices at {}/s each",
         args.devices, args.rate
     );
+    println!("  dashboard            {collector}/");
     println!("  devices (query API)  {collector}/v1/devices");
     println!("  one device's points  {collector}/v1/devices/sim-00000/points?name=temperature");
     println!("  gateways             {collector}/v1/gateways");
