@@ -32,7 +32,7 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run collector, gateway and a simulated fleet in one process until Ctrl-C.
     Demo(crate::demo::DemoArgs),
-    /// Measure the gateway's ingest rate.
+    /// Measure the gateway: ingest, drain, side by side with Mosquitto, or the whole suite.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -43,6 +43,10 @@ pub enum BenchCommand {
     Ingest(crate::bench::BenchArgs),
     /// Spool readings with the collector down, start it, time the catch-up (real binaries).
     Drain(crate::bench::DrainArgs),
+    /// The real edge-agent against Mosquitto set up as a store-and-forward buffer, one load generator.
+    Compare(crate::bench::CompareArgs),
+    /// Every benchmark in turn; writes Markdown and JSON to bench/results/.
+    Suite(crate::bench::SuiteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +83,9 @@ pub struct RunArgs {
     /// Seed of the sensor models: the same seed gives the same values.
     #[arg(long, default_value_t = FleetConfig::default().seed)]
     pub seed: u64,
+    /// Pad every payload to N bytes with a SenML base name (default: the bare record).
+    #[arg(long, value_name = "N")]
+    pub payload_bytes: Option<usize>,
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -108,6 +115,8 @@ impl RunArgs {
             connect_timeout: self.connect_timeout.into(),
             progress: !self.no_progress,
             seed: self.seed,
+            payload_bytes: self.payload_bytes,
+            ..FleetConfig::default()
         }
     }
 }
@@ -135,6 +144,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Demo(args) => crate::demo::demo(args, shutdown).await,
         Command::Bench(BenchCommand::Ingest(args)) => crate::bench::ingest(args, shutdown).await,
         Command::Bench(BenchCommand::Drain(args)) => crate::bench::drain(args, shutdown).await,
+        Command::Bench(BenchCommand::Compare(args)) => crate::bench::compare(args, shutdown).await,
+        Command::Bench(BenchCommand::Suite(args)) => crate::bench::suite(args, shutdown).await,
     }
 }
 

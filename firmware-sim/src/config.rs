@@ -35,6 +35,21 @@ pub struct FleetConfig {
     pub progress: bool,
     /// Seed of every sensor model, so two runs produce the same values. Default 1.
     pub seed: u64,
+    /// Pad every payload to this many bytes with a SenML base name
+    /// ([`crate::payload::encode_sized`]); `None` sends the bare record
+    /// (20 to 40 bytes). Default `None`.
+    pub payload_bytes: Option<usize>,
+    /// Keep every acknowledged reading in the summary's ledger, for
+    /// `verify`. Benchmarks turn it off: a million readings cost the load
+    /// generator ~150 MB and a sort. Default true.
+    pub keep_ledger: bool,
+    /// Record each QoS 1 publish's time from being written to its PUBACK
+    /// ([`crate::Summary::latency`]). Default false.
+    pub record_latency: bool,
+    /// With `duration`, also count acknowledgements over the window from
+    /// `warmup` after the start to the end of `duration`
+    /// ([`crate::Summary::steady`]), leaving out connects. Default zero.
+    pub warmup: Duration,
 }
 
 impl Default for FleetConfig {
@@ -51,6 +66,10 @@ impl Default for FleetConfig {
             connect_timeout: Duration::from_secs(5),
             progress: false,
             seed: 1,
+            payload_bytes: None,
+            keep_ledger: true,
+            record_latency: false,
+            warmup: Duration::ZERO,
         }
     }
 }

@@ -36,6 +36,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::latency::Latencies;
 use crate::ledger::Reading;
 use crate::payload::{self, DeviceClock};
 use crate::sensors::{self, Sensor};
@@ -72,6 +73,12 @@ pub(crate) struct DeviceParams {
     pub seed: u64,
     /// Spread of device start times, so a large fleet does not connect in one instant.
     pub start_spread: Duration,
+    /// Payload size to pad to; `None` sends the bare record.
+    pub payload_bytes: Option<usize>,
+    /// Keep acknowledged readings for the ledger.
+    pub keep_ledger: bool,
+    /// Record written-to-PUBACK latencies.
+    pub record_latency: bool,
 }
 
 /// Live counters of the whole fleet, read by the progress bar and summary.
@@ -122,6 +129,8 @@ struct Pending {
     payload: Vec<u8>,
     /// Whether it was written at least once (counted in `sent`).
     written: bool,
+    /// When it was last written, for the PUBACK latency.
+    written_at: Option<Instant>,
 }
 
 /// One connection: the client half, the events of its poll task and the
@@ -139,9 +148,18 @@ impl Drop for Session {
     }
 }
 
+/// What one device brings back from a run.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceOutcome {
+    /// The readings the broker acknowledged (empty unless `keep_ledger`).
+    pub acked: Vec<Reading>,
+    /// Written-to-PUBACK times (empty unless `record_latency`).
+    pub latency: Latencies,
+}
+
 /// Runs device `index` until its readings are all acknowledged or `stop`
 /// fires (then it drains for at most [`DRAIN_GRACE`]). Returns the readings
-/// the broker acknowledged.
+/// the broker acknowledged and their latencies.
 pub(crate) async fn run_device(
     index: usize,
     device_id: String,
@@ -149,7 +167,7 @@ pub(crate) async fn run_device(
     counters: Arc<Counters>,
     tracker: TaskTracker,
     stop: CancellationToken,
-) -> Vec<Reading> {
+) -> DeviceOutcome {
     let seed = sensors::device_seed(params.seed, index);
     let mut device = Device {
         topic: payload::topic(&device_id),
@@ -166,11 +184,11 @@ pub(crate) async fn run_device(
         unsent: VecDeque::new(),
         queued: VecDeque::new(),
         awaiting: HashMap::new(),
-        acked: Vec::new(),
+        outcome: DeviceOutcome::default(),
     };
     let span = tracing::debug_span!("device", device_id = %device.id);
     let _ = tracing::Instrument::instrument(device.run(&stop), span).await;
-    device.acked
+    device.outcome
 }
 
 struct Device {
@@ -191,7 +209,7 @@ struct Device {
     queued: VecDeque<Pending>,
     /// Written with QoS 1, waiting for the PUBACK of this packet id.
     awaiting: HashMap<u16, Pending>,
-    acked: Vec<Reading>,
+    outcome: DeviceOutcome,
 }
 
 impl Device {
@@ -294,9 +312,10 @@ impl Device {
         };
         self.unsent.push_back(Pending {
             seq: self.produced,
-            payload: payload::encode(&reading),
+            payload: payload::encode_sized(&reading, self.params.payload_bytes),
             reading,
             written: false,
+            written_at: None,
         });
         self.produced += 1;
     }
@@ -343,6 +362,9 @@ impl Device {
             pending.written = true;
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
         }
+        // A resend starts the clock again: the latency is the broker's, not
+        // the outage's.
+        pending.written_at = Some(Instant::now());
         if self.params.qos == QoS::AtMostOnce {
             self.acknowledge(pending);
         } else if let Some(older) = self.awaiting.insert(pkid, pending) {
@@ -355,7 +377,14 @@ impl Device {
 
     fn acknowledge(&mut self, pending: Pending) {
         self.counters.acked.fetch_add(1, Ordering::Relaxed);
-        self.acked.push(pending.reading);
+        if self.params.record_latency && self.params.qos != QoS::AtMostOnce {
+            if let Some(at) = pending.written_at {
+                self.outcome.latency.record(at.elapsed());
+            }
+        }
+        if self.params.keep_ledger {
+            self.outcome.acked.push(pending.reading);
+        }
     }
 
     /// After a connection loss: everything unacknowledged goes back to the

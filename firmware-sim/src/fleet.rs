@@ -14,9 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::FleetConfig;
 use crate::device::{self, Counters, DeviceParams};
+use crate::latency::Latencies;
 use crate::ledger::Ledger;
 use crate::progress::Progress;
-use crate::summary::Summary;
+use crate::summary::{Steady, Summary};
 
 /// Devices start within this window (or one reading period, if shorter).
 const MAX_START_SPREAD: Duration = Duration::from_secs(1);
@@ -71,6 +72,9 @@ pub async fn run_fleet(
         interval,
         seed: config.seed,
         start_spread,
+        payload_bytes: config.payload_bytes,
+        keep_ledger: config.keep_ledger,
+        record_latency: config.record_latency,
     });
     let counters = Arc::new(Counters::default());
     // Cancelled by shutdown, the duration timer or the watchdog.
@@ -97,15 +101,27 @@ pub async fn run_fleet(
             ))
         })
         .collect();
-    if let Some(duration) = config.duration {
-        let stop = stop.clone();
+    // Stops the run after `duration`; counts the acknowledgements between
+    // `warmup` and then, so that connects and the final drain stay out.
+    let timer = config.duration.map(|duration| {
+        let (stop, counters) = (stop.clone(), counters.clone());
+        let warmup = config.warmup.min(duration);
         tracker.spawn(async move {
             tokio::select! {
-                () = tokio::time::sleep(duration) => stop.cancel(),
-                () = stop.cancelled() => {}
+                () = tokio::time::sleep(warmup) => {}
+                () = stop.cancelled() => return None,
             }
-        });
-    }
+            let (from, at) = (counters.acked.load(Ordering::Relaxed), Instant::now());
+            tokio::select! {
+                () = tokio::time::sleep(duration - warmup) => stop.cancel(),
+                () = stop.cancelled() => return None,
+            }
+            Some(Steady {
+                acked: counters.acked.load(Ordering::Relaxed) - from,
+                elapsed: at.elapsed(),
+            })
+        })
+    });
     let watchdog_wait =
         start_spread + Duration::from_secs(connect_timeout_secs) + Duration::from_secs(1);
     let watchdog = {
@@ -130,10 +146,14 @@ pub async fn run_fleet(
         .then(|| Progress::start(counters.clone(), total));
 
     let mut ledger = Ledger::new();
+    let mut latency = Latencies::new();
     let mut panicked = None;
     for device in devices {
         match device.await {
-            Ok(readings) => ledger.extend(readings),
+            Ok(outcome) => {
+                ledger.extend(outcome.acked);
+                latency.extend(outcome.latency);
+            }
             Err(e) => panicked = Some(e),
         }
     }
@@ -141,6 +161,10 @@ pub async fn run_fleet(
     // Ends the duration timer and the watchdog if they are still waiting.
     stop.cancel();
     let unreachable = watchdog.await.unwrap_or(false);
+    let steady = match timer {
+        Some(timer) => timer.await.ok().flatten(),
+        None => None,
+    };
     tracker.close();
     tracker.wait().await;
     if let Some(progress) = progress {
@@ -166,6 +190,8 @@ pub async fn run_fleet(
         errors: counters.errors.load(Ordering::Relaxed),
         elapsed,
         ledger,
+        latency,
+        steady: steady.filter(|s| !s.elapsed.is_zero()),
     };
     tracing::info!(
         sent = summary.sent,

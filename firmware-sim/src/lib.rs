@@ -16,6 +16,7 @@ mod config;
 mod demo;
 mod device;
 mod fleet;
+mod latency;
 mod ledger;
 pub mod payload;
 mod pipeline;
@@ -27,8 +28,9 @@ mod verify;
 
 pub use config::{ConfigError, FleetConfig};
 pub use fleet::{run_fleet, FleetError};
+pub use latency::Latencies;
 pub use ledger::{Ledger, LedgerError, Reading};
-pub use summary::Summary;
+pub use summary::{Steady, Summary};
 pub use verify::{
     verify, verify_within, Duplicate, ReadingKey, VerifyReport, WrongValue, TIME_TOLERANCE,
 };

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::latency::Latencies;
 use crate::ledger::Ledger;
 
 /// What a fleet run achieved.
@@ -13,15 +14,37 @@ pub struct Summary {
     /// not counted again).
     pub sent: u64,
     /// Readings the broker acknowledged: a PUBACK for QoS 1; for QoS 0, a
-    /// reading counts once it was written. Equals `ledger.len()`.
+    /// reading counts once it was written. Equals `ledger.len()` when the
+    /// ledger is kept.
     pub acked: u64,
     /// Connection attempts and connections that failed (each followed by a
     /// reconnect with backoff).
     pub errors: u64,
     /// From the start of the run until the last device stopped.
     pub elapsed: Duration,
-    /// Every acknowledged reading, sorted by device, name and time.
+    /// Every acknowledged reading, sorted by device, name and time (empty
+    /// when the fleet was run without `keep_ledger`).
     pub ledger: Ledger,
+    /// Written-to-PUBACK time of every acknowledged QoS 1 publish (empty
+    /// unless the fleet was run with `record_latency`).
+    pub latency: Latencies,
+    /// Acknowledgements between the fleet's `warmup` and the end of its
+    /// `duration`; `None` without a duration or when the run stopped early.
+    pub steady: Option<Steady>,
+}
+
+/// Acknowledgements over the steady part of a timed run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Steady {
+    pub acked: u64,
+    pub elapsed: Duration,
+}
+
+impl Steady {
+    /// Acknowledged readings per second over the window.
+    pub fn rate(&self) -> f64 {
+        self.acked as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
 }
 
 impl Summary {
@@ -70,6 +93,8 @@ mod tests {
             errors: 3,
             elapsed: Duration::from_micros(2_500_400),
             ledger: Ledger::new(),
+            latency: Latencies::new(),
+            steady: None,
         };
         assert_eq!(summary.rate().round(), 396.0);
         let mut out = Vec::new();
@@ -94,6 +119,8 @@ msg/s                         396
             errors: 0,
             elapsed: Duration::ZERO,
             ledger: Ledger::new(),
+            latency: Latencies::new(),
+            steady: None,
         };
         assert_eq!(summary.rate(), 0.0);
     }
