@@ -3,14 +3,15 @@
 //! client-certificate identity, and TLS files checked at start. Every CA,
 //! certificate and key is made here with rcgen, in a temporary directory.
 
+mod util;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::{
-    Broker, BrokerConfig, BrokerError, DeviceRegistry, Disposition, Incoming, IngestSink,
-    ReasonLabel, SinkError, Ticket, TlsConfig,
+    Broker, BrokerConfig, BrokerError, DeviceRegistry, Disposition, ReasonLabel, TlsConfig,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rumqttc::{
@@ -21,26 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Takes everything and calls it durable at once.
-#[derive(Default)]
-struct InstantSink {
-    items: Mutex<Vec<Incoming>>,
-}
-
-impl IngestSink for InstantSink {
-    fn submit(&self, incoming: Incoming) -> Result<Ticket, SinkError> {
-        let mut items = self.items.lock().unwrap();
-        items.push(incoming);
-        Ok(Ticket(items.len() as u64))
-    }
-    fn is_durable(&self, _: Ticket) -> bool {
-        true
-    }
-    fn wait_durable(&self, _: Ticket, _: Duration) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
+use util::InstantSink;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -393,11 +375,16 @@ async fn a_peer_that_never_closes_after_a_refused_login_does_not_keep_its_slot()
     let mut bytes = bytes::BytesMut::new();
     rumqttd::protocol::Protocol::write(&rumqttd::protocol::v4::V4, connect, &mut bytes).unwrap();
     stream.write_all(&bytes).await.unwrap();
-    let mut buffer = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    // CONNACK 0x04 (bad user name or password), then the gateway closes its end.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
         "the gateway closes its end: {read:?}"
+    );
+    assert!(
+        answer.is_empty() || answer == [0x20, 0x02, 0x00, 0x04],
+        "{answer:?}"
     );
 
     // Its slot is free again for a real device.
