@@ -1,5 +1,6 @@
 //! What devices that follow MQTT 3.1.1 do, against the embedded broker:
-//! refused protocol levels, QoS 2, persistent sessions, keep-alive pings.
+//! refused protocol levels, QoS 2, persistent sessions, keep-alive pings;
+//! and what hostile peers do: garbage bytes and oversized packets.
 //! Each test names the section of the spec it holds the broker to.
 //! (Keep-alive 0 and the CONNACK codes of a refused login are in
 //! `auth.rs` and `broker.rs`.)
@@ -145,4 +146,75 @@ async fn an_idle_client_is_kept_alive_by_pings() {
         })
         .await;
     }
+}
+
+/// Random bytes, a CONNECT followed by garbage, and a PUBLISH announcing
+/// 200 MB, each on its own connection: the peer is dropped, the process and
+/// every other connection keep going, and a well-behaved device still gets
+/// its PUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_packets_only_cost_their_own_connection() {
+    use rand::{Rng, SeedableRng};
+
+    let sink = Arc::new(InstantSink::default());
+    let broker = start(sink.clone());
+    let (client, mut events) = AsyncClient::new(options(&broker, "steady"), 10);
+    until(&mut events, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+
+    let connect: &[u8] = &[
+        0x10, 16, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 60, 0x00, 0x04, b'j', b'u',
+        b'n', b'k',
+    ];
+    // PUBLISH QoS 0 with a remaining length of 200,000,000 (varint).
+    let oversized: &[u8] = &[0x30, 0x80, 0x84, 0xaf, 0x5f];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut peers = Vec::new();
+    for round in 0..60 {
+        let mut bytes = match round % 3 {
+            0 => Vec::new(),
+            1 => connect.to_vec(),
+            _ => [connect, oversized].concat(),
+        };
+        let len = rng.random_range(1..2048);
+        bytes.extend((0..len).map(|_| rng.random::<u8>()));
+        let mut stream = tokio::net::TcpStream::connect(broker.local_addr())
+            .await
+            .unwrap();
+        // The broker may close the connection before all of it is written.
+        let _ = stream.write_all(&bytes).await;
+        peers.push((round, stream));
+    }
+    // Garbage that happens to announce a long packet is a slow peer to the
+    // broker (keep-alive ends it); an oversized packet is refused at once.
+    for (round, stream) in peers.iter_mut().filter(|(round, _)| round % 3 == 2) {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "round {round}: the oversized packet's peer is dropped"
+        );
+    }
+
+    client
+        .publish(
+            "devices/steady/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            vec![0xa0],
+        )
+        .await
+        .unwrap();
+    until(&mut events, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_)))
+    })
+    .await;
+    let items = sink.items.lock().unwrap();
+    assert!(
+        items.iter().any(|i| i.device_id == "steady"),
+        "the steady device's reading was kept"
+    );
 }
