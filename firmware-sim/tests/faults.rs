@@ -463,7 +463,7 @@ async fn probe(broker: SocketAddr, prefix: &str, duration: Duration) -> Summary 
 
 /// Waits until the agent refuses a group commit for lack of space, by its
 /// free-space floor or by a failed write; panics after 20 s.
-async fn await_write_errors(agent: &AgentProcess) {
+async fn await_disk_refusals(agent: &AgentProcess) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let refusals = || async {
         let floor = agent.metric("edge_spool_rejected_disk_full_total").await;
@@ -513,7 +513,7 @@ async fn full_disk_withholds_pubacks_and_recovers_by_itself() {
 
     let filler = mount_point.join("filler");
     fill(&filler);
-    await_write_errors(&agent).await;
+    await_disk_refusals(&agent).await;
 
     // Full: the agent stays up, acknowledges nothing new, and keeps
     // uploading what it had spooled.
@@ -578,7 +578,7 @@ async fn agent_restarted_on_a_full_disk_loses_no_acknowledged_reading() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let filler = mount_point.join("filler");
     fill(&filler);
-    await_write_errors(&agent).await;
+    await_disk_refusals(&agent).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // An operator restarts the stuck gateway, then makes room. The stop may
     // report that it could not flush; it must not hang.
@@ -704,7 +704,7 @@ async fn full_disk_under_heavy_load_recovers_and_keeps_the_spool() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let filler = mount_point.join("filler");
     fill(&filler);
-    await_write_errors(&agent).await;
+    await_disk_refusals(&agent).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     std::fs::remove_file(&filler).unwrap();
 
