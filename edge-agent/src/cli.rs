@@ -40,6 +40,49 @@ pub enum Command {
     /// Work on the spool files offline (stop the agent first).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Manage the keys that encrypt the spool at rest (spool.key_file).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new random key and make it the one that seals new blocks (the
+    /// file is made, mode 0600, if missing). Older keys stay to open older
+    /// blocks. The agent uses the new key from its next start.
+    Rotate {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// List key ids, when each was made and which one is current (never the keys).
+    List {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// Runs a `keys` command against `spool.key_file`.
+pub fn keys_command(command: KeysCommand) -> anyhow::Result<()> {
+    let (KeysCommand::Rotate { run } | KeysCommand::List { run }) = &command;
+    let file = run.load()?.spool.key_file.ok_or_else(|| {
+        anyhow::anyhow!("set spool.key_file in the config (or --spool-key-file) first")
+    })?;
+    match command {
+        KeysCommand::Rotate { .. } => {
+            let id = crate::spool::rotate_key(&file)?;
+            println!(
+                "key {id} added to {}; it seals new blocks from the agent's next start",
+                file.display()
+            );
+        }
+        KeysCommand::List { .. } => {
+            for key in crate::spool::KeyRing::read_file(&file)?.list() {
+                let current = if key.current { "  current" } else { "" };
+                println!("{}  {}{current}", key.id, key.created);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +229,19 @@ pub enum SpoolCommand {
         #[command(flatten)]
         offline: OfflineArgs,
     },
+    /// Remove every spooled reading and dead letter of one device (the
+    /// right to erasure): the spool is rewritten without them, so no file
+    /// keeps them. Other devices' readings keep their place and seqs.
+    Erase {
+        /// The device whose readings go.
+        #[arg(long)]
+        device: String,
+        /// Confirm: without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
     /// Copy every readable reading of a quarantined spool into the live spool.
     Recover {
         /// The quarantined spool, e.g. edge-spool.quarantine-1795900000.
@@ -254,6 +310,43 @@ pub fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
         SpoolCommand::DeadLetters(offline) => {
             crate::offline::dead_letters(&offline.open()?, offline.json, &mut out)
         }
+        SpoolCommand::Erase {
+            device,
+            yes,
+            offline,
+        } => {
+            if !yes {
+                anyhow::bail!("erase deletes {device}'s readings for good; add --yes to confirm");
+            }
+            let (dir, options) = offline.run.load()?.spool.validate()?;
+            let erasure =
+                crate::spool::erase_device(&dir, &device, &options.keys).map_err(|err| {
+                    if err.to_string().contains("could not acquire lock") {
+                        anyhow::anyhow!(
+                            "the spool at {} is in use: stop the agent first",
+                            dir.display()
+                        )
+                    } else {
+                        anyhow::Error::new(err)
+                            .context(format!("cannot erase from the spool at {}", dir.display()))
+                    }
+                })?;
+            if offline.json {
+                println!("{}", serde_json::to_string(&erasure)?);
+            } else {
+                println!(
+                    "erased {device}: {} readings, {} dead letters ({} blocks rewritten, {} removed)",
+                    erasure.readings, erasure.dead_letters, erasure.blocks_rewritten, erasure.blocks_removed
+                );
+            }
+            if erasure.unreadable > 0 {
+                eprintln!(
+                    "warning: {} damaged blocks or dead letters could not be read; they may hold readings of {device}",
+                    erasure.unreadable
+                );
+            }
+            Ok(())
+        }
         SpoolCommand::Purge {
             dead_letters,
             yes,
@@ -308,6 +401,9 @@ pub struct RunArgs {
     /// File of registered devices (device_id:argon2 hash lines).
     #[arg(long, env = "EDGE_AGENT_DEVICES_FILE")]
     pub devices_file: Option<PathBuf>,
+    /// Key file that encrypts the spool at rest (mode 0600; see `edge-agent keys`).
+    #[arg(long, env = "EDGE_AGENT_SPOOL_KEY_FILE")]
+    pub spool_key_file: Option<PathBuf>,
     /// Log format: "human" or "json".
     #[arg(long, env = "EDGE_AGENT_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
@@ -333,6 +429,7 @@ impl RunArgs {
         overlay(&mut file.uplink.ca_file, &self.uplink_ca_file);
         overlay(&mut file.admin.listen, &self.admin_listen);
         overlay(&mut file.mqtt.devices_file, &self.devices_file);
+        overlay(&mut file.spool.key_file, &self.spool_key_file);
         Ok(file)
     }
 }

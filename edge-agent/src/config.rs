@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::spool::{FullPolicy, SpoolOptions};
+use crate::spool::{FullPolicy, KeyRing, SpoolOptions};
 
 /// The commented default configuration printed by `edge-agent config init`.
 pub const DEFAULT_TOML: &str = r#"# edge-agent configuration. Every setting is optional; shown are the defaults.
@@ -79,6 +79,12 @@ full_policy = "drop-oldest"
 # Free space left on the spool's filesystem (capped at 10 % of it): below it,
 # new readings get no PUBACK, as on a full disk, before sled runs out of room.
 min_free_bytes = 67108864
+# Encryption at rest: a key file (mode 0600, made and rotated with `edge-agent
+# keys rotate`) whose last key seals every new block and dead letter with
+# XChaCha20-Poly1305. The keys may come from EDGE_AGENT_SPOOL_KEYS instead
+# (the file's text); never put a key in this file. A sealed spool opened
+# without its key is refused and left untouched. Unset: no encryption.
+# key_file = "/etc/edge-agent/spool.keys"
 
 [uplink]
 # Base URL of the cloud-sync collector: http:// or https://.
@@ -166,6 +172,7 @@ pub struct SpoolSection {
     pub max_age: Option<String>,
     pub full_policy: Option<String>,
     pub min_free_bytes: Option<u64>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +480,7 @@ impl SpoolSection {
                 .max_dead_letters
                 .unwrap_or(spool_defaults.max_dead_letters),
             min_free_bytes: self.min_free_bytes.unwrap_or(spool_defaults.min_free_bytes),
+            keys: KeyRing::load(self.key_file.as_deref()).context("spool.key_file")?,
             ..spool_defaults
         };
         if spool.max_bytes < 64 * 1024 {

@@ -121,6 +121,19 @@ pub fn stats(spool: &Spool, json: bool, out: &mut impl Write) -> anyhow::Result<
         ("pending readings", report.stats.pending.to_string()),
         ("bytes", report.stats.bytes.to_string()),
         ("blocks", report.blocks.to_string()),
+        (
+            "sealed blocks",
+            if report.sealed_blocks.is_empty() {
+                "none (not encrypted)".to_string()
+            } else {
+                report
+                    .sealed_blocks
+                    .iter()
+                    .map(|(id, n)| format!("{n} with key {id}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
         ("oldest reading age", age),
         ("acked seq", report.stats.acked_seq.to_string()),
         ("last durable seq", report.stats.durable_seq.to_string()),

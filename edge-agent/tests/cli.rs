@@ -283,3 +283,86 @@ fn devices_are_managed_without_storing_passwords() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not registered"));
 }
+
+#[test]
+fn keys_rotate_and_spool_erase_work_from_the_command_line() {
+    use broker::{Disposition, Incoming, IngestSink};
+    use edge_agent::spool::{KeyRing, Spool, SpoolOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("spool.keys");
+    let spool_dir = dir.path().join("spool");
+    let common = [
+        "--spool-key-file",
+        keys.to_str().unwrap(),
+        "--spool-dir",
+        spool_dir.to_str().unwrap(),
+    ];
+    let run = |args: &[&str]| {
+        let out = edge_agent(&[args, &common[..]].concat());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for expected in ["key 1 added", "key 2 added"] {
+        let (ok, text) = run(&["keys", "rotate"]);
+        assert!(ok && text.contains(expected), "{text}");
+    }
+    let (ok, text) = run(&["keys", "list"]);
+    assert!(ok, "{text}");
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("1 ") && lines[1].ends_with("current"), "{text}");
+    let key_text = std::fs::read_to_string(&keys).unwrap();
+    let secret = key_text.lines().last().unwrap().split(' ').nth(2).unwrap();
+    assert!(!text.contains(secret));
+
+    // Readings of two devices, sealed with key 2.
+    let ring = KeyRing::read_file(&keys).unwrap();
+    {
+        let options = SpoolOptions {
+            keys: ring,
+            ..SpoolOptions::default()
+        };
+        let spool = Spool::open(&spool_dir, options, Default::default()).unwrap();
+        let mut last = None;
+        for i in 0..10u8 {
+            let device = if i % 2 == 0 { "gone" } else { "kept" };
+            last = Some(
+                spool
+                    .submit(Incoming {
+                        device_id: device.into(),
+                        topic: format!("devices/{device}/telemetry"),
+                        received_at: 1,
+                        payload: vec![i].into(),
+                        qos: 1,
+                        disposition: Disposition::Reading,
+                    })
+                    .unwrap(),
+            );
+        }
+        spool
+            .wait_durable(last.unwrap(), std::time::Duration::from_secs(10))
+            .unwrap();
+        spool.close().unwrap();
+    }
+    let (ok, text) = run(&["spool", "stats"]);
+    assert!(ok && text.contains("with key 2"), "{text}");
+    let (ok, text) = run(&["spool", "erase", "--device", "gone"]);
+    assert!(!ok && text.contains("--yes"), "{text}");
+    let (ok, text) = run(&["spool", "erase", "--device", "gone", "--yes"]);
+    assert!(ok && text.contains("erased gone: 5 readings"), "{text}");
+    let (ok, text) = run(&["spool", "export"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(!text.contains("\"gone\""), "{text}");
+
+    // A key file others can read is refused, naming the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = run(&["spool", "stats"]);
+    assert!(!ok && text.contains("chmod 600"), "{text}");
+}

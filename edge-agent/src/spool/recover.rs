@@ -62,7 +62,7 @@ pub fn salvage(from: &Path, into: &Spool) -> Result<Salvage, SpoolError> {
                     break;
                 }
             };
-            let Ok(envelopes) = block::decode(&entry.1) else {
+            let Ok(envelopes) = block::decode(&entry.1, into.keys()) else {
                 salvage.unreadable += 1;
                 continue;
             };

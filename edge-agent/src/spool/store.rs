@@ -13,6 +13,7 @@ use telemetry::Envelope;
 use tokio::sync::watch;
 
 use super::block::{self, BlockError, DeadLetter};
+use super::seal::{self, KeyRing, SealError};
 use super::watermark::{self, Watermark};
 use super::writer::{self, DiskGuard, Durability, Item, Writer, WriterConfig};
 use crate::metrics::SpoolMetrics;
@@ -42,6 +43,9 @@ pub struct SpoolOptions {
     /// never more than 10 % of the filesystem): below it new readings are
     /// refused like on a full disk, before sled itself runs out of room.
     pub min_free_bytes: u64,
+    /// Keys that seal blocks and dead letters at rest (`spool.key_file` or
+    /// `$EDGE_AGENT_SPOOL_KEYS`); empty by default: no encryption.
+    pub keys: KeyRing,
 }
 
 /// What happens when a reading does not fit in `max_bytes`.
@@ -64,6 +68,7 @@ impl Default for SpoolOptions {
             max_age: Duration::from_secs(7 * 24 * 3600),
             full_policy: FullPolicy::DropOldest,
             min_free_bytes: 64 << 20,
+            keys: KeyRing::none(),
         }
     }
 }
@@ -77,6 +82,11 @@ pub enum SpoolError {
     /// A stored block or meta value does not decode: the spool is corrupt.
     #[error("spool at {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The spool is sealed with keys the configured key ring lacks, or does
+    /// not match. Refused and left exactly as it is: configure the right
+    /// keys (never quarantine or wipe a spool for this).
+    #[error("spool at {path} cannot be opened with the configured keys: {reason}")]
+    Key { path: PathBuf, reason: String },
 }
 
 impl SpoolError {
@@ -109,6 +119,9 @@ pub struct SpoolReport {
     pub stats: SpoolStats,
     /// Group-commit blocks in the queue.
     pub blocks: u64,
+    /// Blocks sealed with each key id; a key may leave the ring once no
+    /// block needs it.
+    pub sealed_blocks: std::collections::BTreeMap<u32, u64>,
     /// Arrival of the oldest stored reading, ms since the epoch.
     pub oldest_received_at: Option<u64>,
     pub dead_letters: u64,
@@ -270,6 +283,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: SpoolMetrics,
     max_dead_letters: u64,
+    keys: KeyRing,
 }
 
 struct Submitter {
@@ -309,6 +323,12 @@ impl Spool {
             }
             source => storage(source),
         };
+        super::erase::finish_interrupted(dir).map_err(|e| storage(sled::Error::Io(e)))?;
+        // Before anything else touches the files: a wrong key changes nothing.
+        let sealed_with = seal::check(dir, &options.keys).map_err(|err| SpoolError::Key {
+            path: dir.to_path_buf(),
+            reason: err.to_string(),
+        })?;
         let mark = watermark::read(dir).map_err(|err| match err.kind() {
             std::io::ErrorKind::InvalidData => corrupt(err.to_string()),
             _ => storage(sled::Error::Io(err)),
@@ -349,6 +369,12 @@ impl Spool {
             let (key, value) = entry.map_err(storage)?;
             bytes += value.len() as u64;
             let header = block::header(&value).map_err(|e| corrupt(e.to_string()))?;
+            if let Some(id) = header.key_id.filter(|id| !options.keys.has(*id)) {
+                return Err(SpoolError::Key {
+                    path: dir.to_path_buf(),
+                    reason: SealError::UnknownKey(id).to_string(),
+                });
+            }
             next_seq = next_seq.max(header.last_seq + 1);
             if header.last_seq <= acked_seq {
                 continue;
@@ -363,12 +389,12 @@ impl Spool {
                 continue;
             }
             // Only the block the acknowledgement stopped inside needs decoding.
-            let unacked = block::decode(&value)
-                .map_err(|e| corrupt(e.to_string()))?
-                .iter()
-                .filter(|e| e.seq > acked_seq)
-                .count();
-            pending += unacked as u64;
+            pending += match block::decode(&value, &options.keys) {
+                Ok(envelopes) => envelopes.iter().filter(|e| e.seq > acked_seq).count() as u64,
+                // Tampered: `read_after` sets it aside; count it whole till then.
+                Err(BlockError::Sealed(_)) => u64::from(header.count),
+                Err(err) => return Err(corrupt(err.to_string())),
+            };
         }
         if let Some(mark) = mark {
             if mark.spool_id != spool_id {
@@ -385,6 +411,8 @@ impl Spool {
                 )));
             }
         }
+        seal::record_current(dir, &options.keys, &sealed_with)
+            .map_err(|e| storage(sled::Error::Io(e)))?;
         metrics.records.set(pending as i64);
         metrics.dead_letters.set(trees.dead_letters.len() as i64);
 
@@ -415,6 +443,7 @@ impl Spool {
             writer: Mutex::new(None),
             metrics: metrics.clone(),
             max_dead_letters: options.max_dead_letters,
+            keys: options.keys.clone(),
         });
 
         let config = WriterConfig {
@@ -425,6 +454,7 @@ impl Spool {
             max_age: options.max_age,
             full_policy: options.full_policy,
             min_free_bytes: options.min_free_bytes,
+            keys: options.keys,
         };
         let watermark = Watermark::new(dir, &inner.spool_id, next_seq);
         let disk = DiskGuard::new(dir, config.min_free_bytes);
@@ -470,6 +500,11 @@ impl Spool {
         &self.inner.path
     }
 
+    /// The key ring blocks are sealed and opened with.
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+
     /// Arrival of the oldest stored reading (ms since the epoch), if any.
     pub fn oldest_received_at(&self) -> Option<u64> {
         self.inner
@@ -499,11 +534,16 @@ impl Spool {
             let storage = |source| self.storage(source);
             let mut blocks = 0;
             let mut oldest_received_at = None;
+            let mut sealed_blocks = std::collections::BTreeMap::new();
             for entry in trees.queue.iter() {
                 let (_, value) = entry.map_err(storage)?;
                 blocks += 1;
+                let header = block::header(&value).ok();
                 if oldest_received_at.is_none() {
-                    oldest_received_at = block::header(&value).ok().map(|h| h.first_received_at);
+                    oldest_received_at = header.map(|h| h.first_received_at);
+                }
+                if let Some(id) = header.and_then(|h| h.key_id) {
+                    *sealed_blocks.entry(id).or_insert(0) += 1;
                 }
             }
             Ok(SpoolReport {
@@ -511,6 +551,7 @@ impl Spool {
                 spool_id: self.inner.spool_id.clone(),
                 stats,
                 blocks,
+                sealed_blocks,
                 oldest_received_at,
                 dead_letters: trees.dead_letters.len() as u64,
                 corrupt_blocks: trees.corrupt.len() as u64,
@@ -597,7 +638,7 @@ impl Spool {
                 // only blocks with something to return are decoded.
                 let decoded = match block::header(&value) {
                     Ok(header) if header.last_seq <= after => continue,
-                    Ok(_) => block::decode(&value),
+                    Ok(_) => block::decode(&value, &self.inner.keys),
                     Err(err) => Err(err),
                 };
                 let envelopes = match decoded {
@@ -698,7 +739,7 @@ impl Spool {
                     envelope,
                     reason: reason.to_string(),
                 };
-                let bytes = serde_cbor::to_vec(&letter).expect("dead letters always serialize");
+                let bytes = block::encode_dead_letter(&letter, &self.inner.keys);
                 trees.dead_letters.insert(key, bytes).map_err(storage)?;
             }
             writer::trim_dead_letters(trees, self.inner.max_dead_letters).map_err(storage)?;
@@ -718,9 +759,11 @@ impl Spool {
             for entry in trees.dead_letters.iter() {
                 let (_, value) = entry.map_err(|s| self.storage(s))?;
                 out.push(
-                    serde_cbor::from_slice(&value).map_err(|e| SpoolError::Corrupt {
-                        path: self.inner.path.clone(),
-                        reason: format!("dead letter: {e}"),
+                    block::decode_dead_letter(&value, &self.inner.keys).map_err(|e| {
+                        SpoolError::Corrupt {
+                            path: self.inner.path.clone(),
+                            reason: format!("dead letter: {e}"),
+                        }
                     })?,
                 );
             }

@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use super::block::BlockHeader;
 use super::block::{self, DeadLetter};
+use super::seal::KeyRing;
 use super::store::{Counters, Files, FullPolicy, SpoolError, Trees};
 use super::watermark::Watermark;
 use crate::metrics::SpoolMetrics;
@@ -130,6 +131,8 @@ pub(super) struct WriterConfig {
     pub max_age: Duration,
     pub full_policy: FullPolicy,
     pub min_free_bytes: u64,
+    /// Seals new blocks and dead letters (empty: they are written plain).
+    pub keys: KeyRing,
 }
 
 /// How often the writer looks for expired blocks, and at most how often it
@@ -505,7 +508,7 @@ fn write_group(
     }
     let last_seq = group.last().map_or(0, |item| item.seq);
     let blocks: Vec<(u64, Vec<u8>)> = block::split(&readings)
-        .map(|chunk| (chunk[0].seq, block::encode(chunk)))
+        .map(|chunk| (chunk[0].seq, block::encode(chunk, &config.keys)))
         .collect();
     let size: u64 = blocks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
     if size > 0 {
@@ -521,7 +524,7 @@ fn write_group(
         .bytes
         .set(counters.bytes.load(Ordering::Acquire) as i64);
     for letter in &dead {
-        let bytes = serde_cbor::to_vec(letter).expect("dead letters always serialize");
+        let bytes = block::encode_dead_letter(letter, &config.keys);
         trees
             .dead_letters
             .insert(letter.envelope.seq.to_be_bytes(), bytes)?;
