@@ -315,7 +315,10 @@ fn keys_rotate_and_spool_erase_work_from_the_command_line() {
     assert!(ok, "{text}");
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("1 ") && lines[1].ends_with("current"), "{text}");
+    assert!(
+        lines[0].starts_with("1 ") && lines[1].ends_with("current"),
+        "{text}"
+    );
     let key_text = std::fs::read_to_string(&keys).unwrap();
     let secret = key_text.lines().last().unwrap().split(' ').nth(2).unwrap();
     assert!(!text.contains(secret));
