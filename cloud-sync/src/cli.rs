@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use cloud_sync::audit::{verify_file, AuditFile, Details, Entry, ACTOR_CLI};
 use cloud_sync::config::{Config, ConfigError, FileConfig, Overrides};
-use cloud_sync::tokens::{Role, TokenFile};
+use cloud_sync::tokens::{Role, TokenFile, TokenInfo};
 
 /// The cloud collector of the edge telemetry pipeline.
 #[derive(Debug, Parser)]
@@ -46,6 +47,32 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Work with the audit log (`audit.file`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit log: exits non-zero and names the
+    /// first bad line when a line was changed, removed or inserted. On
+    /// success prints the number of lines and the last line's hash; keep
+    /// that head elsewhere to detect a later removal of the last lines.
+    Verify(VerifyArgs),
+}
+
+/// Which audit log: --file, else the config's `audit.file`, else the
+/// default `<store.data_dir>/audit.log`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The audit log to check.
+    #[arg(long, env = "CLOUD_SYNC_AUDIT_FILE")]
+    pub file: Option<PathBuf>,
+    /// TOML config file whose audit.file (or store.data_dir) to use.
+    #[arg(long, short, env = "CLOUD_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,14 +104,20 @@ pub struct AddArgs {
 }
 
 /// Which token file: --token-file, else the config file's `auth.token_file`.
+/// Which audit log `add` and `revoke` write to: --audit-file, else the
+/// config file's `audit.file`, else `<store.data_dir>/audit.log` (the same
+/// as `serve` with that config).
 #[derive(Debug, Args)]
 pub struct TokenFileArgs {
-    /// TOML config file whose auth.token_file to use.
+    /// TOML config file whose auth.token_file and audit.file to use.
     #[arg(long, short, global = true, env = "CLOUD_SYNC_CONFIG")]
     pub config: Option<PathBuf>,
     /// The token file itself (overrides the config file's).
     #[arg(long, global = true, env = "CLOUD_SYNC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The audit log that records `add` and `revoke` (overrides the config file's).
+    #[arg(long, global = true, env = "CLOUD_SYNC_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 impl TokenFileArgs {
@@ -104,10 +137,56 @@ impl TokenFileArgs {
     }
 }
 
+impl TokenFileArgs {
+    /// The audit log, `None` when the config turns it off.
+    fn audit_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        if let Some(path) = &self.audit_file {
+            return Ok(Some(path.clone()));
+        }
+        audit_path_of(self.config.as_deref())
+    }
+}
+
+/// The audit log a config file names (the built-in default without one).
+fn audit_path_of(config: Option<&std::path::Path>) -> anyhow::Result<Option<PathBuf>> {
+    let file = match config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Ok(file.audit_file())
+}
+
+/// The audit details of a token: id, role, gateway. Never the token or its hash.
+fn token_details(info: &TokenInfo) -> Details {
+    let mut details = Details::new();
+    details.insert("id".into(), info.id.clone().into());
+    details.insert("role".into(), info.role.name().into());
+    if let Some(gateway) = info.role.gateway_id() {
+        details.insert("gateway".into(), gateway.into());
+    }
+    details
+}
+
 /// Runs a `tokens` command.
 pub fn tokens_command(file: TokenFileArgs, command: TokensCommand) -> anyhow::Result<()> {
     let path = file.path()?;
     let tokens = TokenFile::load(&path)?;
+    // Opened before any change, so that an unwritable log stops the change.
+    let mut audit = match &command {
+        TokensCommand::List => None,
+        TokensCommand::Add(_) | TokensCommand::Revoke { .. } => file
+            .audit_path()?
+            .map(|path| AuditFile::open(&path))
+            .transpose()?,
+    };
+    let mut record = |action: &str, info: &TokenInfo| -> anyhow::Result<()> {
+        if let Some(audit) = audit.as_mut() {
+            audit
+                .append(&[Entry::now(ACTOR_CLI, action, token_details(info))])
+                .with_context(|| format!("{action} {} is done but not recorded", info.id))?;
+        }
+        Ok(())
+    };
     match command {
         TokensCommand::Add(args) => {
             let role = match (args.gateway, args.read, args.admin) {
@@ -116,6 +195,7 @@ pub fn tokens_command(file: TokenFileArgs, command: TokensCommand) -> anyhow::Re
                 _ => Role::Admin,
             };
             let (info, token) = tokens.add(role)?;
+            record("token.add", &info)?;
             let gateway = info
                 .role
                 .gateway_id()
@@ -143,10 +223,33 @@ pub fn tokens_command(file: TokenFileArgs, command: TokensCommand) -> anyhow::Re
         }
         TokensCommand::Revoke { id } => {
             let info = tokens.revoke(&id)?;
+            record("token.revoke", &info)?;
             println!("revoked {} token {}", info.role.name(), info.id);
         }
     }
     Ok(())
+}
+
+/// Runs an `audit` command.
+pub fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify(args) => {
+            let path = match args.file {
+                Some(path) => path,
+                None => audit_path_of(args.config.as_deref())?.context(
+                    "the config turns the audit log off (audit.enabled = false); pass --file PATH",
+                )?,
+            };
+            let head = verify_file(&path)?;
+            println!(
+                "audit log {} ok: {} line(s), last line hash {}",
+                path.display(),
+                head.seq,
+                head.hash
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +257,7 @@ pub enum ConfigCommand {
     /// Print a commented default config file, with a fresh random token, to stdout.
     Init,
     /// Load the config as `serve` would, validate it and report problems.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
 }
 
 /// Where the configuration comes from: file < CLOUD_SYNC_* environment < flags.
@@ -197,6 +300,10 @@ pub struct ServeArgs {
     /// Largest request body after decompression, bytes [default: 16 MiB].
     #[arg(long, env = "CLOUD_SYNC_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+
+    /// The audit log [default: audit.log in the data directory].
+    #[arg(long, env = "CLOUD_SYNC_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -214,6 +321,7 @@ impl ServeArgs {
             tokens: self.tokens,
             token_file: self.token_file,
             max_body_bytes: self.max_body_bytes,
+            audit_file: self.audit_file,
         })
         .validate()
     }

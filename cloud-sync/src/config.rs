@@ -5,8 +5,10 @@
 //! Precedence, lowest first: built-in defaults < TOML file < `CLOUD_SYNC_*`
 //! environment variables < command-line flags. Defaults live in this file only.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -22,6 +24,12 @@ pub const SLED_STORE: &str = "sled";
 pub const DEFAULT_POOL_SIZE: usize = 16;
 /// Default burst of the per-gateway ingest rate limit, batches.
 pub const DEFAULT_INGEST_BURST: u32 = 20;
+/// Name of the audit log inside `store.data_dir` unless `audit.file` names another.
+pub const DEFAULT_AUDIT_FILE_NAME: &str = "audit.log";
+/// Default time between two retention runs.
+pub const DEFAULT_RETENTION_INTERVAL: &str = "1h";
+/// The value of a retention period that keeps data forever.
+pub const KEEP_FOREVER: &str = "forever";
 
 /// Runtime configuration, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +58,25 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Bounds on each envelope's payload (size, CBOR nesting).
     pub payload_limits: telemetry::Limits,
+    /// The hash-chained audit log of admin actions and data reads; `None`
+    /// keeps none. Default from the file config: `<data_dir>/audit.log`;
+    /// [`Config::new`] (tests, the demo) keeps none.
+    pub audit_file: Option<PathBuf>,
+    /// What the background retention task deletes; `None` (the default) keeps
+    /// everything forever.
+    pub retention: Option<Retention>,
+}
+
+/// How long data is kept, by point time (SenML time) for points and by
+/// arrival at the gateway (`received_at`) for documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Period of every device without an override; `None` keeps their data.
+    pub default: Option<Duration>,
+    /// Per-device periods, winning over `default`; `None` keeps that device's data.
+    pub devices: BTreeMap<String, Option<Duration>>,
+    /// Time between two runs (the first runs at start). Default 1 h.
+    pub interval: Duration,
 }
 
 impl Config {
@@ -68,6 +95,8 @@ impl Config {
             tls: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             payload_limits: telemetry::Limits::default(),
+            audit_file: None,
+            retention: None,
         }
     }
 
@@ -119,6 +148,31 @@ impl Config {
         if let StoreBackend::Postgres(postgres) = &self.store {
             if postgres.pool_size == 0 {
                 return Err(invalid("store.pool_size", "must be at least 1"));
+            }
+        }
+        if self
+            .audit_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(invalid("audit.file", "must not be empty"));
+        }
+        if let Some(retention) = &self.retention {
+            if retention.interval.is_zero() {
+                return Err(invalid("retention.interval", "must be longer than 0"));
+            }
+            if retention.default.is_some_and(|d| d.is_zero()) {
+                return Err(invalid("retention.default", "must be longer than 0"));
+            }
+            for (device, period) in &retention.devices {
+                telemetry::validate_device_id(device)
+                    .map_err(|err| invalid("retention.devices", format!("{device:?}: {err}")))?;
+                if period.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(
+                        "retention.devices",
+                        format!("{device:?}: must be longer than 0"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -300,6 +354,8 @@ pub struct FileConfig {
     pub store: StoreSection,
     pub auth: AuthSection,
     pub payload: PayloadSection,
+    pub audit: AuditSection,
+    pub retention: RetentionSection,
 }
 
 /// `[server]`
@@ -446,6 +502,81 @@ impl Default for PayloadSection {
     }
 }
 
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// Whether to keep the audit log. Default true.
+    pub enabled: bool,
+    /// The audit log file. Default `<store.data_dir>/audit.log`.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            enabled: true,
+            file: None,
+        }
+    }
+}
+
+/// `[retention]`: periods as humantime durations (`"90d"`, `"12h"`) or `"forever"`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Period of every device without an override. Default: forever.
+    pub default: Option<String>,
+    /// Per-device periods, `{ "dev-1" = "7d" }`, winning over `default`.
+    pub devices: BTreeMap<String, String>,
+    /// Time between two runs. Default 1h.
+    pub interval: Option<String>,
+}
+
+impl RetentionSection {
+    /// `None` when nothing is ever deleted (no default, no override).
+    fn retention(&self) -> Result<Option<Retention>, ConfigError> {
+        let default = match &self.default {
+            Some(text) => period(text).map_err(|why| invalid("retention.default", why))?,
+            None => None,
+        };
+        let mut devices = BTreeMap::new();
+        for (device, text) in &self.devices {
+            let keep = period(text)
+                .map_err(|why| invalid("retention.devices", format!("{device:?}: {why}")))?;
+            devices.insert(device.clone(), keep);
+        }
+        let interval_text = self
+            .interval
+            .as_deref()
+            .unwrap_or(DEFAULT_RETENTION_INTERVAL);
+        let interval = humantime::parse_duration(interval_text).map_err(|err| {
+            invalid(
+                "retention.interval",
+                format!("{interval_text:?} is not a duration such as \"1h\": {err}"),
+            )
+        })?;
+        if default.is_none() && devices.values().all(Option::is_none) {
+            return Ok(None);
+        }
+        Ok(Some(Retention {
+            default,
+            devices,
+            interval,
+        }))
+    }
+}
+
+/// A retention period: a duration, or `None` for "forever".
+fn period(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim() == KEEP_FOREVER {
+        return Ok(None);
+    }
+    humantime::parse_duration(text).map(Some).map_err(|err| {
+        format!("{text:?} is not a duration such as \"90d\" or \"{KEEP_FOREVER}\": {err}")
+    })
+}
+
 /// Values from the environment or flags; `Some` wins over the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -457,6 +588,8 @@ pub struct Overrides {
     pub tokens: Option<Vec<String>>,
     pub token_file: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
+    /// `audit.file`.
+    pub audit_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -504,12 +637,30 @@ impl FileConfig {
         if let Some(path) = overrides.token_file {
             self.auth.token_file = Some(path);
         }
+        if let Some(path) = overrides.audit_file {
+            self.audit.file = Some(path);
+        }
         self
+    }
+
+    /// The audit log this config names (`audit.file`, else
+    /// `<store.data_dir>/audit.log`), or `None` when `audit.enabled` is off.
+    /// `cloud-sync tokens` and `audit verify` resolve it the same way.
+    pub fn audit_file(&self) -> Option<PathBuf> {
+        self.audit.enabled.then(|| {
+            self.audit
+                .file
+                .clone()
+                .unwrap_or_else(|| self.store.data_dir.join(DEFAULT_AUDIT_FILE_NAME))
+        })
     }
 
     /// Turns the layered file config into a runtime config.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let audit_file = self.audit_file();
         let config = Config {
+            audit_file,
+            retention: self.retention.retention()?,
             listen: self.server.listen,
             store: self.store.backend()?,
             data_dir: self.store.data_dir,
@@ -591,6 +742,24 @@ token_file = "{DEFAULT_TOKEN_FILE}"
 max_bytes = {max_bytes}
 # Deepest CBOR nesting decoded.
 max_depth = {max_depth}
+
+[audit]
+# An append-only, hash-chained log (JSON lines) of admin actions (tokens
+# added or revoked, device erasures, retention runs) and of data reads
+# through the query API. Check it with `cloud-sync audit verify`.
+enabled = true
+# Default: "audit.log" in store.data_dir. Env: CLOUD_SYNC_AUDIT_FILE.
+# file = "{DEFAULT_DATA_DIR}/{DEFAULT_AUDIT_FILE_NAME}"
+
+[retention]
+# Delete points whose SenML time, and documents whose arrival at the
+# gateway, is older than this ("90d", "12h", "{KEEP_FOREVER}"). Without a
+# default and without overrides nothing is ever deleted.
+# default = "90d"
+# Per-device periods, winning over the default.
+# devices = {{ "dev-1" = "7d", "dev-2" = "{KEEP_FOREVER}" }}
+# Time between two runs; the first runs when the collector starts.
+interval = "{DEFAULT_RETENTION_INTERVAL}"
 "#,
         max_bytes = limits.max_bytes,
         max_depth = limits.max_depth,
@@ -610,7 +779,94 @@ mod tests {
         let mut expected = Config::new(DEFAULT_DATA_DIR, Vec::new());
         expected.token_file = Some(DEFAULT_TOKEN_FILE.into());
         expected.require_read_token = true;
+        expected.audit_file = Some(Path::new(DEFAULT_DATA_DIR).join(DEFAULT_AUDIT_FILE_NAME));
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn the_audit_file_defaults_into_the_data_dir() {
+        let parse = |text: &str| {
+            FileConfig::parse(
+                &format!("[auth]\ntokens = [\"t\"]\n{text}"),
+                Path::new("c.toml"),
+            )
+            .unwrap()
+            .validate()
+            .unwrap()
+            .audit_file
+        };
+        assert_eq!(
+            parse("[store]\ndata_dir = \"/var/lib/cs\"\n"),
+            Some(PathBuf::from("/var/lib/cs/audit.log"))
+        );
+        assert_eq!(
+            parse("[audit]\nfile = \"/var/log/cs-audit\"\n"),
+            Some(PathBuf::from("/var/log/cs-audit"))
+        );
+        assert_eq!(parse("[audit]\nenabled = false\n"), None);
+        let err = FileConfig::parse(
+            "[audit]\nfile = \"\"\n[auth]\ntokens = [\"t\"]\n",
+            Path::new("c"),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("audit.file"), "{err}");
+    }
+
+    #[test]
+    fn retention_periods_parse_and_validate() {
+        let parse = |text: &str| {
+            FileConfig::parse(
+                &format!("[auth]\ntokens = [\"t\"]\n{text}"),
+                Path::new("c.toml"),
+            )
+            .unwrap()
+            .validate()
+        };
+        assert_eq!(parse("").unwrap().retention, None);
+        assert_eq!(
+            parse("[retention]\ninterval = \"5m\"\n").unwrap().retention,
+            None
+        );
+        let retention = parse(
+            "[retention]\ndefault = \"90d\"\ndevices = { \"dev-1\" = \"7d\", \"dev-2\" = \"forever\" }\n",
+        )
+        .unwrap()
+        .retention
+        .unwrap();
+        assert_eq!(retention.default, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            retention.devices["dev-1"],
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(retention.devices["dev-2"], None);
+        assert_eq!(retention.interval, Duration::from_secs(3600));
+        // An override alone is a policy too.
+        let only = parse("[retention]\ndevices = { \"dev-1\" = \"1h\" }\n").unwrap();
+        assert_eq!(only.retention.unwrap().default, None);
+        for (text, field) in [
+            (
+                "[retention]\ndefault = \"ninety days\"\n",
+                "retention.default",
+            ),
+            ("[retention]\ndefault = \"0s\"\n", "retention.default"),
+            (
+                "[retention]\ndefault = \"1d\"\ninterval = \"0s\"\n",
+                "retention.interval",
+            ),
+            (
+                "[retention]\ndevices = { \"bad/id\" = \"1d\" }\n",
+                "retention.devices",
+            ),
+            (
+                "[retention]\ndevices = { \"d\" = \"soon\" }\n",
+                "retention.devices",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -7,10 +7,12 @@
 
 mod aggregate;
 pub mod api;
+pub mod audit;
 pub mod config;
 mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod retention;
 mod server;
 mod state;
 pub mod store;

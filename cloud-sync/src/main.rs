@@ -49,7 +49,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 None => format!("{} plain token(s)", config.tokens.len()),
             };
             println!(
-                "config ok: listen {}{}, store {}, {tokens}, reads {}",
+                "config ok: listen {}{}, store {}, {tokens}, reads {}, audit log {}, retention {}",
                 config.listen,
                 if config.tls.is_some() { " (https)" } else { "" },
                 config.store_description(),
@@ -57,11 +57,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     "need a token"
                 } else {
                     "open"
+                },
+                config
+                    .audit_file
+                    .as_ref()
+                    .map_or("off".to_owned(), |p| p.display().to_string()),
+                match &config.retention {
+                    Some(r) => format!(
+                        "{} (every {}, {} override(s))",
+                        r.default
+                            .map_or("forever".to_owned(), |d| humantime::format_duration(d)
+                                .to_string()),
+                        humantime::format_duration(r.interval),
+                        r.devices.len()
+                    ),
+                    None => "forever".to_owned(),
                 }
             );
             Ok(())
         }
         Command::Tokens { file, command } => cli::tokens_command(file, command),
+        Command::Audit { command } => cli::audit_command(command),
         Command::Serve(args) => {
             let config = args.load()?;
             let server = Server::bind(config).await?;

@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::model::IngestOutcome;
+use crate::model::{ErasureOutcome, ExpiryOutcome, IngestOutcome};
 
 /// Outcome label of `cloud_sync_batches_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,7 +21,8 @@ pub struct StatusLabels {
 /// Labels of `cloud_sync_requests_refused_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    /// `ingest` (POST /v1/batches) or `query` (the read API).
+    /// `ingest` (POST /v1/batches), `query` (the read API) or `admin`
+    /// (DELETE /v1/devices/{id}).
     pub endpoint: &'static str,
     /// `unauthorized` (401), `forbidden` (403) or `too_many_requests` (429).
     pub reason: &'static str,
@@ -32,6 +33,15 @@ pub struct RefusalLabels {
 pub struct ResultLabels {
     /// `accepted` or `duplicate`.
     pub result: &'static str,
+}
+
+/// Labels of `cloud_sync_removed_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemovalLabels {
+    /// `retention` or `erasure`.
+    pub reason: &'static str,
+    /// `points` or `documents`.
+    pub kind: &'static str,
 }
 
 /// Query label of `cloud_sync_query_duration_seconds`: the route template.
@@ -54,6 +64,11 @@ pub struct Metrics {
     invalid_payloads: Counter,
     ingest_duration: Histogram,
     query_duration: Family<QueryLabels, Histogram, fn() -> Histogram>,
+    removed: Family<RemovalLabels, Counter>,
+    retention_runs: Family<ResultLabels, Counter>,
+    erasures: Counter,
+    audit_lines: Counter,
+    audit_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -119,8 +134,43 @@ impl Metrics {
             "Time to answer a query API request, by route",
             query_duration.clone(),
         );
+        let removed = Family::<RemovalLabels, Counter>::default();
+        registry.register(
+            "cloud_sync_removed",
+            "Points and documents deleted, by reason (retention, erasure) and kind",
+            removed.clone(),
+        );
+        let retention_runs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cloud_sync_retention_runs",
+            "Retention runs, by result: ok or error",
+            retention_runs.clone(),
+        );
+        let erasures = Counter::default();
+        registry.register(
+            "cloud_sync_erasures",
+            "Devices erased through DELETE /v1/devices/{id}",
+            erasures.clone(),
+        );
+        let audit_lines = Counter::default();
+        registry.register(
+            "cloud_sync_audit_lines",
+            "Lines written to the audit log",
+            audit_lines.clone(),
+        );
+        let audit_errors = Counter::default();
+        registry.register(
+            "cloud_sync_audit_write_errors",
+            "Audit lines that could not be written (their actions are unrecorded)",
+            audit_errors.clone(),
+        );
         Metrics {
             registry,
+            removed,
+            retention_runs,
+            erasures,
+            audit_lines,
+            audit_errors,
             batches,
             refused,
             envelopes,
@@ -177,6 +227,36 @@ impl Metrics {
         self.invalid_payloads.inc_by(outcome.invalid_documents);
     }
 
+    /// Counts one retention run: `Some` with what it removed, `None` when it failed.
+    pub fn observe_retention(&self, outcome: Option<&ExpiryOutcome>) {
+        let result = if outcome.is_some() { "ok" } else { "error" };
+        self.retention_runs
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if let Some(outcome) = outcome {
+            self.observe_removed("retention", outcome.points, outcome.documents);
+        }
+    }
+
+    /// Counts one erasure and what it removed.
+    pub fn observe_erasure(&self, outcome: &ErasureOutcome) {
+        self.erasures.inc();
+        self.observe_removed("erasure", outcome.points, outcome.documents);
+    }
+
+    fn observe_removed(&self, reason: &'static str, points: u64, documents: u64) {
+        for (kind, n) in [("points", points), ("documents", documents)] {
+            self.removed
+                .get_or_create(&RemovalLabels { reason, kind })
+                .inc_by(n);
+        }
+    }
+
+    /// The counters the audit writer thread keeps: lines written, lines lost.
+    pub fn audit_counters(&self) -> (Counter, Counter) {
+        (self.audit_lines.clone(), self.audit_errors.clone())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -202,6 +282,17 @@ mod tests {
             points: 5,
             ..IngestOutcome::default()
         });
+        metrics.observe_retention(Some(&ExpiryOutcome {
+            points: 4,
+            documents: 0,
+            devices: 1,
+        }));
+        metrics.observe_retention(None);
+        metrics.observe_erasure(&ErasureOutcome {
+            points: 0,
+            documents: 2,
+            measurements: 0,
+        });
         let text = metrics.encode();
         for line in [
             "cloud_sync_batches_total{status=\"ok\"} 1",
@@ -211,6 +302,13 @@ mod tests {
             "cloud_sync_documents_total 0",
             "cloud_sync_request_duration_seconds_count 1",
             "cloud_sync_requests_refused_total{endpoint=\"ingest\",reason=\"too_many_requests\"} 1",
+            "cloud_sync_removed_total{reason=\"retention\",kind=\"points\"} 4",
+            "cloud_sync_removed_total{reason=\"erasure\",kind=\"documents\"} 2",
+            "cloud_sync_retention_runs_total{result=\"ok\"} 1",
+            "cloud_sync_retention_runs_total{result=\"error\"} 1",
+            "cloud_sync_erasures_total 1",
+            "cloud_sync_audit_lines_total 0",
+            "cloud_sync_audit_write_errors_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

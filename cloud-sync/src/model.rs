@@ -125,6 +125,49 @@ pub struct IngestOutcome {
     pub invalid_documents: u64,
 }
 
+/// What a retention run removes: per device, every point whose time is
+/// before a cutoff and every document that reached the gateway before it.
+/// Cutoffs are nanoseconds since the epoch; the caller computes them from
+/// its clock, so stores and tests need none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryPolicy {
+    /// Cutoff of every device without an entry in `devices`; `None` keeps their data.
+    pub default: Option<i64>,
+    /// Per-device cutoffs, winning over `default`; `None` keeps that device's data.
+    pub devices: std::collections::BTreeMap<String, Option<i64>>,
+}
+
+impl ExpiryPolicy {
+    /// The cutoff of `device_id`, `None` when its data is kept.
+    pub fn cutoff(&self, device_id: &str) -> Option<i64> {
+        self.devices.get(device_id).copied().unwrap_or(self.default)
+    }
+
+    /// Documents are keyed by whole milliseconds: `ms * 1e6 < cutoff` exactly
+    /// when `ms <` this.
+    pub fn documents_before_ms(cutoff_ns: i64) -> u64 {
+        (cutoff_ns.max(0) as u64).div_ceil(1_000_000)
+    }
+}
+
+/// What a retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiryOutcome {
+    pub points: u64,
+    pub documents: u64,
+    /// Devices that lost at least one point or document.
+    pub devices: u64,
+}
+
+/// What erasing one device removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErasureOutcome {
+    pub points: u64,
+    pub documents: u64,
+    /// Series (measurement names) that held at least one point.
+    pub measurements: u64,
+}
+
 /// A point as returned by a series query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesPoint {

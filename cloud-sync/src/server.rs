@@ -1,8 +1,12 @@
 //! The collector process: a bound listener plus the shared state, served
 //! until the shutdown token is cancelled.
 //!
+//! Beside the listener runs the retention task (`retention.rs`) when
+//! `[retention]` sets a period.
+//!
 //! Shutdown drains: the listener stops accepting, in-flight requests finish
-//! (each acknowledged batch was already flushed before its answer), then the
+//! (each acknowledged batch was already flushed before its answer), the
+//! retention task stops, the audit lines still queued are written, then the
 //! store is flushed once more. Connections that do not finish within
 //! [`DRAIN_TIMEOUT`] are abandoned; their batches were not acknowledged, so
 //! the gateways retry them.
@@ -84,6 +88,8 @@ impl Server {
             tls,
         } = self;
         let app = router(state.clone());
+        let stop_retention = shutdown.child_token();
+        let retention = tokio::spawn(crate::retention::run(state.clone(), stop_retention.clone()));
         let graceful = shutdown.clone().cancelled_owned();
         let serve = async move {
             match tls {
@@ -106,11 +112,24 @@ impl Server {
             shutdown.cancelled().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
         };
-        tokio::select! {
-            served = serve => served.context("http server failed")?,
+        let served = tokio::select! {
+            served = serve => served.context("http server failed"),
             () = drain_limit => {
                 tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still open at shutdown, abandoning them");
+                Ok(())
             }
+        };
+        // Also when the server failed rather than was shut down.
+        stop_retention.cancel();
+        if retention.await.is_err() {
+            tracing::error!("the retention task panicked");
+        }
+        served?;
+        if let Some(audit) = state.audit() {
+            audit
+                .flush()
+                .await
+                .context("cannot write the audit log at shutdown")?;
         }
         state
             .store()

@@ -1,10 +1,12 @@
 //! What every request handler shares: the store, the accepted tokens, the
-//! rate limiter, the limits and the metrics registry of one collector instance.
+//! rate limiter, the limits, the metrics registry and the audit log of one
+//! collector instance.
 
 use std::sync::Arc;
 
 use crate::api::{Auth, LogGate, RateLimiter};
-use crate::config::{Config, ConfigError, StoreBackend};
+use crate::audit::{AuditError, AuditLog, Details};
+use crate::config::{Config, ConfigError, Retention, StoreBackend};
 use crate::metrics::Metrics;
 use crate::store::{PostgresStore, SledStore, Store, StoreError};
 use crate::tokens::{TokenFile, TokenFileError};
@@ -23,6 +25,10 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// Rate-limits the WARN line for rejected batches (one per interval).
     rejections: Arc<LogGate>,
+    /// The audit log's writer; `None` when `audit.enabled` is off.
+    audit: Option<AuditLog>,
+    /// What the background retention task deletes; `None` keeps everything.
+    retention: Option<Arc<Retention>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -33,6 +39,8 @@ impl std::fmt::Debug for AppState {
             .field("rate_limiter", &self.rate_limiter)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("payload_limits", &self.payload_limits)
+            .field("audit", &self.audit)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -46,6 +54,9 @@ pub enum OpenError {
     /// `auth.token_file` cannot be read or has a bad line; fix the file.
     #[error(transparent)]
     TokenFile(#[from] TokenFileError),
+    /// `audit.file` cannot be opened, or ends in a damaged line.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The store cannot be opened (sled: locked by another process,
     /// unreadable; PostgreSQL: unreachable, refused, failed to migrate;
     /// either: written by another schema version).
@@ -80,17 +91,27 @@ impl AppState {
             store: config.store_description(),
             error,
         })?;
-        Ok(AppState::assemble(config, store, auth))
+        AppState::assemble(config, store, auth)
     }
 
     /// State over an already opened store (another backend, or a shared one
-    /// in tests). Fails only on a bad token file.
+    /// in tests). Fails only on a bad token file or audit log.
     pub fn with_store(config: &Config, store: Arc<dyn Store>) -> Result<AppState, OpenError> {
-        Ok(AppState::assemble(config, store, auth(config)?))
+        AppState::assemble(config, store, auth(config)?)
     }
 
-    fn assemble(config: &Config, store: Arc<dyn Store>, auth: Auth) -> AppState {
-        AppState {
+    fn assemble(config: &Config, store: Arc<dyn Store>, auth: Auth) -> Result<AppState, OpenError> {
+        let metrics = Arc::new(Metrics::new());
+        let audit = match &config.audit_file {
+            Some(path) => {
+                let (lines, errors) = metrics.audit_counters();
+                Some(AuditLog::start(path, lines, errors)?)
+            }
+            None => None,
+        };
+        Ok(AppState {
+            audit,
+            retention: config.retention.clone().map(Arc::new),
             store,
             auth: Arc::new(auth),
             rate_limiter: config
@@ -98,9 +119,9 @@ impl AppState {
                 .map(|limit| Arc::new(RateLimiter::new(limit.per_second, limit.burst))),
             max_body_bytes: config.max_body_bytes,
             payload_limits: config.payload_limits,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             rejections: Arc::new(LogGate::new(std::time::Duration::from_secs(10))),
-        }
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -129,6 +150,29 @@ impl AppState {
 
     pub(crate) fn rejections(&self) -> &LogGate {
         &self.rejections
+    }
+
+    /// The audit log, when one is kept.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
+    pub(crate) fn retention(&self) -> Option<&Retention> {
+        self.retention.as_deref()
+    }
+
+    /// Records an admin action in the audit log (when one is kept) and
+    /// waits until it is on disk.
+    pub(crate) async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        details: Details,
+    ) -> Result<(), AuditError> {
+        match &self.audit {
+            Some(audit) => audit.record(actor, action, details).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -149,11 +149,17 @@ impl TokenFile {
     /// lookup: cheap enough for every request. The lookup is by digest, so
     /// its timing tells an attacker nothing about any stored token.
     pub fn verify(&self, token: &str) -> Option<Role> {
+        self.identify(token).map(|info| info.role)
+    }
+
+    /// The id, role and creation time of `token`, if it is in the file: what
+    /// the audit log names a request's actor by (the id, never the token).
+    pub fn identify(&self, token: &str) -> Option<TokenInfo> {
         self.reload_if_changed();
         let digest = digest(token);
         let state = self.state.read().ok()?;
         let index = *state.by_hash.get(&digest)?;
-        Some(state.entries[index].info.role.clone())
+        Some(state.entries[index].info.clone())
     }
 
     /// Every token's id, role, gateway and creation time, in file order.

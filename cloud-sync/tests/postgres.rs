@@ -234,7 +234,14 @@ async fn killed_at_random_points_the_database_holds_each_reading_once() {
     let Some(schema) = TestSchema::create().await else {
         return;
     };
-    let store = [OsString::from("--store"), OsString::from(schema.url())];
+    // The audit log of the reads goes to a temporary directory too.
+    let dir = tempfile::tempdir().unwrap();
+    let store = [
+        OsString::from("--store"),
+        OsString::from(schema.url()),
+        OsString::from("--audit-file"),
+        dir.path().join("audit.log").into(),
+    ];
     let total =
         util::crash::killed_at_random_points_the_store_holds_each_reading_once(&store, true).await;
     let db = schema.client().await;

@@ -3,13 +3,16 @@
 //! the config (ingest for any gateway, no reads: demos and tests).
 //!
 //! ```text
-//!                     POST /v1/batches              GET /v1/devices…, /v1/gateways
-//! no / unknown token  401                           401 when reads need a token, else open
-//! ingest gw-1         own gateway 200, other 403    403
-//! read                403                           200
-//! admin               any gateway                   200
-//! plain config token  any gateway                   403 (open when reads need no token)
+//!                     POST /v1/batches              GET /v1/devices…, /v1/gateways            DELETE /v1/devices/{id}
+//! no / unknown token  401                           401 when reads need a token, else open   401
+//! ingest gw-1         own gateway 200, other 403    403                                      403
+//! read                403                           200                                      403
+//! admin               any gateway                   200                                      200
+//! plain config token  any gateway                   403 (open when reads need no token)      403
 //! ```
+//!
+//! Reads and admin actions name their [`Actor`] for the audit log: the
+//! token's id from the token file, or `anonymous` for an open read.
 //!
 //! Plain tokens are compared in constant time, every one of them tried;
 //! file tokens are looked up by their SHA-256 (see `tokens.rs`).
@@ -22,8 +25,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use crate::audit::ACTOR_ANONYMOUS;
 use crate::state::AppState;
-use crate::tokens::{Role, TokenFile};
+use crate::tokens::{Role, TokenFile, TokenInfo};
+
+/// Who made a request, as the audit log names them: a token id, or
+/// `anonymous`. Never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
 
 /// The accepted tokens of one collector.
 pub struct Auth {
@@ -78,21 +87,47 @@ impl Auth {
         }
     }
 
-    /// May this request read the query API? Always, when reads need no
-    /// token; else 401 without a valid token, 403 for an ingest token.
-    pub fn read(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// May this request read the query API, and who is it? Always, when
+    /// reads need no token (as `anonymous`); else 401 without a valid
+    /// token, 403 for an ingest token.
+    pub fn read(&self, headers: &HeaderMap) -> Result<Actor, ApiError> {
         if !self.require_read_token {
-            return Ok(());
+            return Ok(Actor(ACTOR_ANONYMOUS.to_owned()));
         }
         let token = bearer(headers)?;
-        match self.file_role(token) {
-            Some(Role::Read | Role::Admin) => Ok(()),
-            Some(Role::Ingest { .. }) => Err(ApiError::forbidden(
+        match self.file_token(token) {
+            Some(TokenInfo {
+                id,
+                role: Role::Read | Role::Admin,
+                ..
+            }) => Ok(Actor(id)),
+            Some(TokenInfo {
+                role: Role::Ingest { .. },
+                ..
+            }) => Err(ApiError::forbidden(
                 "an ingest token cannot read; use a read token",
             )),
             None if self.is_plain(token) => Err(ApiError::forbidden(
                 "a gateway token cannot read; use a read token",
             )),
+            None => Err(ApiError::unauthorized("invalid bearer token")),
+        }
+    }
+
+    /// May this request erase data? Only with an admin token from the token
+    /// file: 401 without a valid token, 403 for any other.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<Actor, ApiError> {
+        let token = bearer(headers)?;
+        match self.file_token(token) {
+            Some(TokenInfo {
+                id,
+                role: Role::Admin,
+                ..
+            }) => Ok(Actor(id)),
+            Some(_) => Err(ApiError::forbidden("only an admin token may do this")),
+            None if self.is_plain(token) => {
+                Err(ApiError::forbidden("only an admin token may do this"))
+            }
             None => Err(ApiError::unauthorized("invalid bearer token")),
         }
     }
@@ -108,13 +143,25 @@ impl Auth {
     fn file_role(&self, token: &str) -> Option<Role> {
         self.file.as_ref()?.verify(token)
     }
+
+    fn file_token(&self, token: &str) -> Option<TokenInfo> {
+        self.file.as_ref()?.identify(token)
+    }
 }
 
 /// Middleware of the query routes: answers 401/403 (counted) unless
 /// [`Auth::read`] lets the request through.
-pub async fn require_read(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_read(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     match state.auth().read(request.headers()) {
-        Ok(()) => next.run(request).await,
+        Ok(actor) => {
+            // For the audit of the read (`audit_read` in routes.rs).
+            request.extensions_mut().insert(actor);
+            next.run(request).await
+        }
         Err(err) => {
             state.metrics().observe_refusal("query", err.code());
             if let Some(suppressed) = state.rejections().pass() {
@@ -175,8 +222,16 @@ mod tests {
         let auth = plain(&["alpha", "beta"]);
         assert_eq!(auth.ingest(&headers("Bearer beta")), Ok(IngestGrant::Any));
         assert_eq!(auth.ingest(&headers("bearer alpha")), Ok(IngestGrant::Any));
-        // Reads are open without a token file.
-        assert!(auth.read(&HeaderMap::new()).is_ok());
+        // Reads are open without a token file; admin actions are not.
+        assert_eq!(auth.read(&HeaderMap::new()), Ok(Actor("anonymous".into())));
+        assert_eq!(
+            auth.admin(&headers("Bearer alpha")).unwrap_err().code(),
+            "forbidden"
+        );
+        assert_eq!(
+            auth.admin(&HeaderMap::new()).unwrap_err().code(),
+            "unauthorized"
+        );
     }
 
     #[test]
@@ -204,8 +259,8 @@ mod tests {
                 gateway_id: "gw-1".into(),
             })
             .unwrap();
-        let (_, read) = file.add(Role::Read).unwrap();
-        let (_, admin) = file.add(Role::Admin).unwrap();
+        let (read_info, read) = file.add(Role::Read).unwrap();
+        let (admin_info, admin) = file.add(Role::Admin).unwrap();
         let auth = Auth::new(vec!["plain".into()], Some(file), true);
         let bearer = |t: &str| headers(&format!("Bearer {t}"));
         assert_eq!(
@@ -214,8 +269,16 @@ mod tests {
         );
         assert_eq!(auth.ingest(&bearer(&admin)), Ok(IngestGrant::Any));
         assert_eq!(auth.ingest(&bearer(&read)).unwrap_err().code(), "forbidden");
-        assert!(auth.read(&bearer(&read)).is_ok());
-        assert!(auth.read(&bearer(&admin)).is_ok());
+        assert_eq!(auth.read(&bearer(&read)), Ok(Actor(read_info.id)));
+        assert_eq!(auth.read(&bearer(&admin)), Ok(Actor(admin_info.id.clone())));
+        assert_eq!(auth.admin(&bearer(&admin)), Ok(Actor(admin_info.id)));
+        for token in [read.as_str(), gw.as_str(), "plain"] {
+            assert_eq!(auth.admin(&bearer(token)).unwrap_err().code(), "forbidden");
+        }
+        assert_eq!(
+            auth.admin(&bearer("cst_x")).unwrap_err().code(),
+            "unauthorized"
+        );
         assert_eq!(auth.read(&bearer(&gw)).unwrap_err().code(), "forbidden");
         assert_eq!(auth.read(&bearer("plain")).unwrap_err().code(), "forbidden");
         assert_eq!(

@@ -1,6 +1,8 @@
 //! The HTTP API: routes, handlers, the one error type they answer with, and
 //! the dashboard's embedded files.
 
+mod admin;
+mod audit;
 mod auth;
 mod batches;
 mod dashboard;

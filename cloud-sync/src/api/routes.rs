@@ -9,6 +9,9 @@
 //! GET  /v1/devices/{id}/aggregates   ?name=&from=&to=&step=
 //! GET  /v1/devices/{id}/documents    ?from=&to=&limit=
 //! GET  /v1/gateways
+//!                                    (each query route's answer queues a `data.read`
+//!                                     line in the audit log; see audit.rs)
+//! DELETE /v1/devices/{id}            admin token; erases the device (admin.rs)
 //! GET  /healthz                      200 "ok"
 //! GET  /metrics                      Prometheus text
 //! GET  /                             the dashboard page (dashboard.rs)
@@ -20,12 +23,12 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::trace::TraceLayer;
 
-use super::{auth, batches, dashboard, ops, queries};
+use super::{admin, audit, auth, batches, dashboard, ops, queries};
 use crate::state::AppState;
 
 /// Points (or documents) returned when the query names no limit.
@@ -51,6 +54,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices/{id}/aggregates", get(queries::aggregates))
         .route("/v1/devices/{id}/documents", get(queries::documents))
         .route("/v1/gateways", get(queries::gateways))
+        // Inside the token check: only reads that pass it are recorded.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            audit::audit_read,
+        ))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_read,
@@ -68,6 +76,7 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .merge(queries)
+        .route("/v1/devices/{id}", delete(admin::erase_device))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/", get(dashboard::index))

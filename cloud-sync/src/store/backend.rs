@@ -8,8 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::model::{
-    Bucket, DeviceSummary, GatewaySummary, IngestOutcome, PreparedBatch, SeriesPoint,
-    StoredDocument, TimeRange,
+    Bucket, DeviceSummary, ErasureOutcome, ExpiryOutcome, ExpiryPolicy, GatewaySummary,
+    IngestOutcome, PreparedBatch, SeriesPoint, StoredDocument, TimeRange,
 };
 
 /// What every [`Store`] method returns.
@@ -30,7 +30,14 @@ pub struct SeriesQuery {
 ///   identity `(device_id, name, time)`, also when retried after a crash in
 ///   the middle of an earlier attempt;
 /// - `ingest` resolves only once everything it reports is durable;
-/// - concurrent `ingest` calls never count one envelope as accepted twice.
+/// - concurrent `ingest` calls never count one envelope as accepted twice;
+/// - `expire` and `erase_device` keep the device summaries equal to what is
+///   stored (a measurement left without points is no longer listed; a
+///   device that lost every point to retention stays listed with none), and
+///   leave the dedup marks of `(gateway_id, spool_id, seq)`, so that a
+///   gateway resending a removed envelope gets "duplicate", not a copy back;
+/// - both resolve only once what they report is durable, and both are
+///   idempotent: repeating one after a crash finishes it.
 pub trait Store: Send + Sync + 'static {
     /// Stores a batch exactly once and says how many envelopes were new.
     fn ingest(&self, batch: PreparedBatch) -> StoreFuture<'_, IngestOutcome>;
@@ -60,6 +67,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every gateway that ever synced, sorted by id.
     fn gateways(&self) -> StoreFuture<'_, Vec<GatewaySummary>>;
+
+    /// Retention: removes the points older than their device's cutoff (by
+    /// point time) and the documents that reached the gateway before it.
+    fn expire(&self, policy: ExpiryPolicy) -> StoreFuture<'_, ExpiryOutcome>;
+
+    /// Erasure: removes every point, document and summary of one device,
+    /// and nothing of any other device.
+    fn erase_device(&self, device_id: String) -> StoreFuture<'_, ErasureOutcome>;
 
     /// Makes every completed write durable (called at shutdown).
     fn flush(&self) -> StoreFuture<'_, ()>;

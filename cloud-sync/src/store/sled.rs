@@ -34,8 +34,9 @@
 //! ```
 //!
 //! Invariants:
-//! - A dedup mark exists only if the data of its envelope is stored: marks are
-//!   written after the data, and sled recovers a prefix of its log.
+//! - A dedup mark exists only if the data of its envelope is stored (or was
+//!   stored and then removed by retention or erasure, `sled/remove.rs`):
+//!   marks are written after the data, and sled recovers a prefix of its log.
 //! - Counters change in the same transaction as the marks, so each envelope
 //!   is counted exactly once. A retry after a crash between steps 2 and 3
 //!   finds the points of its unmarked envelopes already stored *with that
@@ -60,9 +61,12 @@ use super::backend::{SeriesQuery, Store, StoreError, StoreFuture};
 use super::{intervals, keys};
 use crate::aggregate::Buckets;
 use crate::model::{
-    Bucket, Content, DeviceSummary, Document, DocumentKind, GatewaySummary, IngestOutcome,
-    PreparedBatch, SeriesPoint, StoredDocument, TimeRange,
+    Bucket, Content, DeviceSummary, Document, DocumentKind, ErasureOutcome, ExpiryOutcome,
+    ExpiryPolicy, GatewaySummary, IngestOutcome, PreparedBatch, SeriesPoint, StoredDocument,
+    TimeRange,
 };
+
+mod remove;
 
 /// Layout version written in `meta`; bump it when a key or value changes.
 const SCHEMA_VERSION: u32 = 1;
@@ -276,8 +280,44 @@ impl Store for SledStore {
         self.blocking(|inner| inner.gateways())
     }
 
+    fn expire(&self, policy: ExpiryPolicy) -> StoreFuture<'_, ExpiryOutcome> {
+        self.blocking(move |inner| inner.expire(&policy))
+    }
+
+    fn erase_device(&self, device_id: String) -> StoreFuture<'_, ErasureOutcome> {
+        self.blocking(move |inner| inner.erase_device(&device_id))
+    }
+
     fn flush(&self) -> StoreFuture<'_, ()> {
         self.blocking(|inner| inner.db.flush().map(drop).map_err(backend))
+    }
+}
+
+impl SledStore {
+    /// The names of the trees with a key or a value that contains `needle`,
+    /// read record by record: how the erasure tests (and an operator's
+    /// check) show that no record still names an erased device. It reads
+    /// records, not sled's files, which may hold removed bytes for a while.
+    pub async fn trees_mentioning(&self, needle: Vec<u8>) -> Result<Vec<String>, StoreError> {
+        if needle.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |inner| {
+            let mut found = Vec::new();
+            for name in inner.db.tree_names() {
+                let tree = inner.db.open_tree(&name).map_err(backend)?;
+                for entry in tree.iter() {
+                    let (key, value) = entry.map_err(backend)?;
+                    let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+                    if holds(&key) || holds(&value) {
+                        found.push(String::from_utf8_lossy(&name).into_owned());
+                        break;
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 }
 

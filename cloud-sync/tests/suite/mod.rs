@@ -1,12 +1,13 @@
 //! The storage suite: what every backend must do, written once against
-//! `Arc<dyn Store>` (`store.rs`) and the HTTP API over it (`ingest.rs`,
-//! `queries.rs`), and run per backend by [`storage_suite!`]
+//! `Arc<dyn Store>` (`store.rs`, `removal.rs`) and the HTTP API over it
+//! (`ingest.rs`, `queries.rs`), and run per backend by [`storage_suite!`]
 //! (`tests/sled.rs`, `tests/postgres.rs`).
 //!
 //! Each test takes a fresh empty [`TestStore`](crate::util::backend::TestStore).
 
 pub mod ingest;
 pub mod queries;
+pub mod removal;
 pub mod store;
 
 /// Declares one `#[tokio::test]` per suite test, each on a fresh store from
@@ -55,6 +56,12 @@ macro_rules! storage_suite {
             queries::unknown_devices_are_404_and_bad_parameters_400,
             queries::devices_and_gateways_are_listed,
             queries::health_and_metrics_answer,
+            removal::retention_removes_exactly_the_points_older_than_the_cutoff,
+            removal::a_per_device_override_wins_over_the_default,
+            removal::a_device_whose_every_point_expired_stays_listed_without_data,
+            removal::erasure_leaves_no_trace_of_the_device_and_every_point_of_the_others,
+            removal::a_resent_batch_of_an_erased_device_stays_erased,
+            removal::retention_over_http_data_keeps_the_api_consistent,
         );
     };
     (@tests $open:path; $($module:ident :: $test:ident),* $(,)?) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use cloud_sync::store::{PostgresStore, SledStore, Store};
+use cloud_sync::tokens::{Role, TokenFile};
 use cloud_sync::{router, AppState};
 
 use super::postgres::TestSchema;
@@ -20,7 +21,8 @@ pub struct TestStore {
 }
 
 pub enum Home {
-    Dir(tempfile::TempDir),
+    /// The sled store's directory, and the store for raw reads of its trees.
+    Dir(tempfile::TempDir, SledStore),
     Schema(TestSchema),
 }
 
@@ -31,6 +33,58 @@ impl TestStore {
         let state = AppState::with_store(&config, Arc::clone(&self.store)).expect("no token file");
         (router(state.clone()), state)
     }
+
+    /// A router over this store whose config has, in `dir`, a token file
+    /// with one admin token (returned) and an audit log (`dir/audit.log`).
+    /// Batches still go in with the plain test token; reads stay open.
+    pub fn admin_app(&self, dir: &Path) -> (Router, AppState, String) {
+        let mut config = super::config(Path::new("unused"));
+        config.token_file = Some(dir.join("tokens"));
+        config.audit_file = Some(dir.join("audit.log"));
+        let (_, admin) = TokenFile::load(&dir.join("tokens"))
+            .unwrap()
+            .add(Role::Admin)
+            .unwrap();
+        let state = AppState::with_store(&config, Arc::clone(&self.store)).expect("state opens");
+        (router(state.clone()), state, admin)
+    }
+
+    /// Where the raw records still hold `needle`: the sled trees, or the
+    /// PostgreSQL tables, with a key, a value or a column containing it.
+    pub async fn holding(&self, needle: &str) -> Vec<String> {
+        match &self.home {
+            Home::Dir(_, sled) => sled
+                .trees_mentioning(needle.as_bytes().to_vec())
+                .await
+                .unwrap(),
+            Home::Schema(schema) => {
+                let db = schema.client().await;
+                let tables: Vec<String> = db
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables
+                         WHERE table_schema = current_schema() ORDER BY 1",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                assert!(tables.contains(&"points".to_owned()), "{tables:?}");
+                let mut found = Vec::new();
+                for table in tables {
+                    // The whole row as text: every column, bytea as hex.
+                    let sql =
+                        format!("SELECT count(*) FROM {table} AS r WHERE strpos(r::text, $1) > 0");
+                    let n: i64 = db.query_one(&sql, &[&needle]).await.unwrap().get(0);
+                    if n > 0 {
+                        found.push(table);
+                    }
+                }
+                found
+            }
+        }
+    }
 }
 
 /// A sled store in a fresh temporary directory.
@@ -38,8 +92,8 @@ pub async fn sled() -> Option<TestStore> {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     Some(TestStore {
-        store: Arc::new(store),
-        home: Home::Dir(dir),
+        store: Arc::new(store.clone()),
+        home: Home::Dir(dir, store),
     })
 }
 

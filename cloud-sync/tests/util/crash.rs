@@ -54,6 +54,7 @@ fn start(store_args: &[OsString]) -> (Child, SocketAddr) {
         .env_remove("CLOUD_SYNC_CONFIG")
         .env_remove("CLOUD_SYNC_STORE")
         .env_remove("CLOUD_SYNC_DATA_DIR")
+        .env_remove("CLOUD_SYNC_AUDIT_FILE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -42,7 +42,7 @@ use telemetry::Value;
 /// Attempts of one batch transaction when the server reports a deadlock or
 /// a serialization failure (other errors are not retried here: the gateway
 /// retries the batch).
-const ATTEMPTS: u32 = 4;
+pub(super) const ATTEMPTS: u32 = 4;
 
 const INSERT_ENVELOPES: &str = "
     INSERT INTO envelopes (gateway_id, spool_id, seq)
@@ -138,7 +138,7 @@ pub async fn ingest(pool: &Pool, batch: &PreparedBatch) -> Result<IngestOutcome,
 }
 
 /// A conflict with another transaction that a second attempt resolves.
-fn transient(err: &tokio_postgres::Error) -> bool {
+pub(super) fn transient(err: &tokio_postgres::Error) -> bool {
     matches!(
         err.code(),
         Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)

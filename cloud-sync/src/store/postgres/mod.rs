@@ -31,10 +31,13 @@
 //!   count exactly the rows their transactions inserted.
 //! - Nothing is kept in the collector between requests: every collector
 //!   sees what any other committed.
+//! - Retention and erasure (`remove.rs`) delete rows and lower the counters
+//!   in one transaction per device; `envelopes` keeps its dedup keys.
 
 mod ingest;
 mod migrate;
 mod queries;
+mod remove;
 mod store;
 mod time;
 

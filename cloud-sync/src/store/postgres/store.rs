@@ -7,11 +7,11 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{ingest, migrate, queries};
+use super::{ingest, migrate, queries, remove};
 use crate::config::PostgresConfig;
 use crate::model::{
-    Bucket, DeviceSummary, GatewaySummary, IngestOutcome, PreparedBatch, SeriesPoint,
-    StoredDocument, TimeRange,
+    Bucket, DeviceSummary, ErasureOutcome, ExpiryOutcome, ExpiryPolicy, GatewaySummary,
+    IngestOutcome, PreparedBatch, SeriesPoint, StoredDocument, TimeRange,
 };
 use crate::store::{SeriesQuery, Store, StoreError, StoreFuture};
 
@@ -172,6 +172,14 @@ impl Store for PostgresStore {
 
     fn gateways(&self) -> StoreFuture<'_, Vec<GatewaySummary>> {
         Box::pin(queries::gateways(&self.pool))
+    }
+
+    fn expire(&self, policy: ExpiryPolicy) -> StoreFuture<'_, ExpiryOutcome> {
+        Box::pin(async move { remove::expire(&self.pool, &policy).await })
+    }
+
+    fn erase_device(&self, device_id: String) -> StoreFuture<'_, ErasureOutcome> {
+        Box::pin(async move { remove::erase_device(&self.pool, &device_id).await })
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {
