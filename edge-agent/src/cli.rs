@@ -43,6 +43,38 @@ pub enum Command {
     /// Manage the keys that encrypt the spool at rest (spool.key_file).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit log of admin commands (audit.file).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero naming the first bad line.
+    Verify {
+        /// The log to check (default: audit.file from the configuration).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+/// Runs an `audit` command.
+pub fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Verify { file, run } = command;
+    let path = match file {
+        Some(path) => path,
+        None => crate::audit::path(&run)?,
+    };
+    let head = audit_log::verify_file(&path)?;
+    println!(
+        "audit log {} ok: {} line(s), last line hash {}",
+        path.display(),
+        head.seq,
+        head.hash
+    );
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +102,7 @@ pub fn keys_command(command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate { .. } => {
             let id = crate::spool::rotate_key(&file)?;
+            crate::audit::record(run, "keys.rotate", serde_json::json!({ "key_id": id }))?;
             println!(
                 "key {id} added to {}; it seals new blocks from the agent's next start",
                 file.display()
@@ -132,6 +165,7 @@ impl DevicesCommand {
 /// Runs a `devices` command against the configured device file.
 pub fn devices_command(command: DevicesCommand) -> anyhow::Result<()> {
     let file = command.run_args().load()?;
+    let audit = crate::audit::path(command.run_args())?;
     let path = file.mqtt.devices_file.clone().ok_or_else(|| {
         anyhow::anyhow!("set mqtt.devices_file in the config (or --devices-file) first")
     })?;
@@ -149,6 +183,11 @@ pub fn devices_command(command: DevicesCommand) -> anyhow::Result<()> {
         } => {
             let password = password(generate)?;
             registry.add(&device_id, &password)?;
+            crate::audit::record_at(
+                &audit,
+                "devices.add",
+                serde_json::json!({ "device": device_id }),
+            )?;
             report(&device_id, "added", generate.then_some(&password));
         }
         DevicesCommand::Rotate {
@@ -158,6 +197,11 @@ pub fn devices_command(command: DevicesCommand) -> anyhow::Result<()> {
         } => {
             let password = password(generate)?;
             registry.rotate(&device_id, &password)?;
+            crate::audit::record_at(
+                &audit,
+                "devices.rotate",
+                serde_json::json!({ "device": device_id }),
+            )?;
             report(
                 &device_id,
                 "has a new password",
@@ -166,6 +210,11 @@ pub fn devices_command(command: DevicesCommand) -> anyhow::Result<()> {
         }
         DevicesCommand::Remove { device_id, .. } => {
             registry.remove(&device_id)?;
+            crate::audit::record_at(
+                &audit,
+                "devices.remove",
+                serde_json::json!({ "device": device_id }),
+            )?;
             println!("{device_id} removed");
         }
     }
@@ -331,6 +380,11 @@ pub fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
                             .context(format!("cannot erase from the spool at {}", dir.display()))
                     }
                 })?;
+            crate::audit::record(
+                &offline.run,
+                "spool.erase",
+                serde_json::json!({ "device": device, "spool": dir.display().to_string(), "removed": erasure }),
+            )?;
             if offline.json {
                 println!("{}", serde_json::to_string(&erasure)?);
             } else {
@@ -358,6 +412,11 @@ pub fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
             let spool = offline.open()?;
             let purged = spool.purge(dead_letters)?;
             spool.close()?;
+            crate::audit::record(
+                &offline.run,
+                "spool.purge",
+                serde_json::json!({ "readings": purged, "dead_letters": dead_letters }),
+            )?;
             println!(
                 "purged {purged} pending readings{}",
                 if dead_letters {
@@ -404,6 +463,9 @@ pub struct RunArgs {
     /// Key file that encrypts the spool at rest (mode 0600; see `edge-agent keys`).
     #[arg(long, env = "EDGE_AGENT_SPOOL_KEY_FILE")]
     pub spool_key_file: Option<PathBuf>,
+    /// Audit log of admin commands (default: edge-audit.log).
+    #[arg(long, env = "EDGE_AGENT_AUDIT_FILE")]
+    pub audit_file: Option<PathBuf>,
     /// Log format: "human" or "json".
     #[arg(long, env = "EDGE_AGENT_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
@@ -430,6 +492,7 @@ impl RunArgs {
         overlay(&mut file.admin.listen, &self.admin_listen);
         overlay(&mut file.mqtt.devices_file, &self.devices_file);
         overlay(&mut file.spool.key_file, &self.spool_key_file);
+        overlay(&mut file.audit.file, &self.audit_file);
         Ok(file)
     }
 }
@@ -455,6 +518,11 @@ pub fn recover(path: &std::path::Path, args: &RunArgs) -> anyhow::Result<()> {
         })?;
     let salvage = crate::spool::salvage(path, &live)?;
     live.close()?;
+    crate::audit::record(
+        args,
+        "spool.recover",
+        serde_json::json!({ "from": path.display().to_string(), "readings": salvage.readings }),
+    )?;
     println!(
         "salvaged {} readings from {} blocks of {} into {} ({} unreadable, {} already delivered and skipped)",
         salvage.readings,

@@ -111,6 +111,12 @@ concurrency = 4
 [admin]
 # /healthz and /metrics. Port 0 picks a free port.
 listen = "127.0.0.1:8481"
+
+[audit]
+# Hash-chained log (JSON lines) of admin commands run on this gateway:
+# spool erase, purge and recover, keys rotate, devices add, rotate and remove.
+# Check it with `edge-agent audit verify`. Keep it outside spool.dir.
+file = "edge-audit.log"
 "#;
 
 /// The configuration file as written; absent fields take defaults.
@@ -127,6 +133,8 @@ pub struct FileConfig {
     pub uplink: UplinkSection,
     #[serde(default)]
     pub admin: AdminSection,
+    #[serde(default)]
+    pub audit: AuditSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +203,13 @@ pub struct UplinkSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: Option<String>,
+}
+
+/// `[audit]`: where the gateway's audit log of admin commands goes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub file: Option<PathBuf>,
 }
 
 /// Request body compression on the uplink.

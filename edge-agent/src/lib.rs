@@ -12,6 +12,7 @@
 //! database client; it reaches the cloud only over HTTP.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -38,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Spool(command) => spool_command(command),
         Command::Devices(command) => edge_agent::cli::devices_command(command),
         Command::Keys(command) => edge_agent::cli::keys_command(command),
+        Command::Audit(command) => edge_agent::cli::audit_command(command),
         Command::Status {
             admin_url,
             json,

@@ -3,7 +3,11 @@
 use std::process::Command;
 
 fn edge_agent(args: &[&str]) -> std::process::Output {
+    // Admin commands append to an audit log; keep it out of the crate.
+    let audit =
+        std::env::temp_dir().join(format!("edge-agent-cli-test-{}.log", std::process::id()));
     Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .env("EDGE_AGENT_AUDIT_FILE", audit)
         .args(args)
         .output()
         .expect("run edge-agent")
@@ -292,11 +296,14 @@ fn keys_rotate_and_spool_erase_work_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("spool.keys");
     let spool_dir = dir.path().join("spool");
+    let audit = dir.path().join("audit.log");
     let common = [
         "--spool-key-file",
         keys.to_str().unwrap(),
         "--spool-dir",
         spool_dir.to_str().unwrap(),
+        "--audit-file",
+        audit.to_str().unwrap(),
     ];
     let run = |args: &[&str]| {
         let out = edge_agent(&[args, &common[..]].concat());
@@ -362,6 +369,26 @@ fn keys_rotate_and_spool_erase_work_from_the_command_line() {
     assert!(ok, "{text}");
     assert_eq!(text.lines().count(), 5, "{text}");
     assert!(!text.contains("\"gone\""), "{text}");
+
+    // Both rotations and the erasure are in the audit log, chained.
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let actions: Vec<_> = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["action"].clone())
+        .collect();
+    assert_eq!(
+        actions,
+        ["keys.rotate", "keys.rotate", "spool.erase"],
+        "{log}"
+    );
+    assert!(log.contains(r#""device":"gone""#), "{log}");
+    assert!(!log.contains(secret));
+    let (ok, text) = run(&["audit", "verify"]);
+    assert!(ok && text.contains("ok: 3 line(s)"), "{text}");
+    // An edit of line 1 breaks line 2's link to it.
+    std::fs::write(&audit, log.replacen(r#""key_id":1"#, r#""key_id":7"#, 1)).unwrap();
+    let (ok, text) = run(&["audit", "verify"]);
+    assert!(!ok && text.contains("line 2"), "{text}");
 
     // A key file others can read is refused, naming the fix.
     use std::os::unix::fs::PermissionsExt;

@@ -1,11 +1,9 @@
 //! The data model and wire codecs shared by every crate: SenML-CBOR payloads
-//! (RFC 8428), the gateway's `Envelope` and the uplink's `SyncBatch`, and
-//! the audit log's hash-chained line format (`audit`).
+//! (RFC 8428), the gateway's `Envelope` and the uplink's `SyncBatch`.
 //!
 //! **Architecture Invariant:** this crate does no I/O; it only turns bytes into
 //! values and back, with typed errors and bounded work for hostile input.
 
-pub mod audit;
 mod cbor;
 mod device;
 mod envelope;

@@ -22,9 +22,9 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
-use super::file::{AuditError, AuditFile, Entry};
 use crate::api::LogGate;
-use telemetry::audit::Details;
+use audit_log::Details;
+use audit_log::{AuditError, AuditFile, Entry};
 
 /// Lines waiting for the writer.
 pub const AUDIT_QUEUE: usize = 4096;

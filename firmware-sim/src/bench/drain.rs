@@ -40,6 +40,9 @@ pub struct DrainArgs {
     /// Size of every SenML payload in bytes (default: the bare record, 20 to 40 bytes).
     #[arg(long)]
     pub payload_bytes: Option<usize>,
+    /// Encrypt the spool at rest (a fresh key file, `spool.key_file`).
+    #[arg(long)]
+    pub encrypt: bool,
 }
 
 /// The agent's retry ceiling in this benchmark. The default (30 s) would
@@ -52,6 +55,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// What `bench drain` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrainRun {
+    /// Whether the spool was encrypted at rest.
+    pub encrypted: bool,
     /// Readings in the backlog when the collector came back.
     pub readings: u64,
     pub devices: usize,
@@ -85,7 +90,7 @@ pub struct DrainRun {
 pub async fn drain(args: DrainArgs, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     let run = measure(args, shutdown).await?;
     let mut out = std::io::stdout().lock();
-    out.write_all(report::drain_table(&run).as_bytes())?;
+    out.write_all(report::drain_table(std::slice::from_ref(&run)).as_bytes())?;
     Ok(if run.drained {
         ExitCode::SUCCESS
     } else {
@@ -109,10 +114,16 @@ pub(super) async fn measure(
     // Nothing listens there until the collector starts: the outage.
     let collector_addr = free_port()?;
     let config = temp.path().join("edge-agent.toml");
-    std::fs::write(
-        &config,
-        format!("[uplink]\nbackoff_max = \"{BENCH_BACKOFF_MAX}\"\n"),
-    )?;
+    let mut toml = format!("[uplink]\nbackoff_max = \"{BENCH_BACKOFF_MAX}\"\n");
+    if args.encrypt {
+        let keys = temp.path().join("spool.keys");
+        edge_agent::spool::rotate_key(&keys)?;
+        toml.push_str(&format!(
+            "[spool]\nkey_file = {:?}\n",
+            keys.display().to_string()
+        ));
+    }
+    std::fs::write(&config, toml)?;
 
     let (mut agent, admin, mqtt) =
         spawn_agent(&agent_bin, temp.path(), &config, collector_addr, &token).await?;
@@ -207,6 +218,7 @@ pub(super) async fn measure(
     // leaves that wait out.
     let after_first = first_ack.map(|d| drain_secs - d.as_secs_f64());
     Ok(DrainRun {
+        encrypted: args.encrypt,
         readings: backlog,
         devices: args.devices,
         ingest_msg_per_s: summary.rate(),

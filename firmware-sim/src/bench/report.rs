@@ -140,16 +140,18 @@ fn absolute_table(runs: &[&IngestRun]) -> String {
 }
 
 /// The table of `bench drain`.
-pub(super) fn drain_table(run: &DrainRun) -> String {
+pub(super) fn drain_table(runs: &[DrainRun]) -> String {
     let mut out = String::from(
-        "| readings | ingest msg/s (collector down) | drain s | drain readings/s | first batch stored after s \
+        "| spool | readings | ingest msg/s (collector down) | drain s | drain readings/s | first batch stored after s \
          | readings/s from the first batch | agent peak RSS MiB, backlog building | agent peak RSS MiB, draining \
          | collector peak RSS MiB | agent CPU s (drain) | collector CPU s (drain) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let _ = writeln!(
+    for run in runs {
+        let _ = writeln!(
         out,
-        "| {} | {:.0} | {:.1}{} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        "| {} | {} | {:.0} | {:.1}{} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        if run.encrypted { "encrypted" } else { "plain" },
         run.readings,
         run.ingest_msg_per_s,
         run.drain_s,
@@ -163,6 +165,7 @@ pub(super) fn drain_table(run: &DrainRun) -> String {
         run.agent_cpu_s,
         run.collector_cpu_s,
     );
+    }
     out
 }
 
@@ -176,14 +179,14 @@ pub(super) fn suite_markdown(report: &SuiteReport) -> String {
     out.push_str(&describe(report));
     out.push_str("\n## Ingest: edge-agent and Mosquitto, one load generator\n\n");
     out.push_str(&ingest_tables(&report.ingest));
-    if let Some(drain) = &report.drain {
+    if !report.drain.is_empty() {
         let _ = writeln!(
             out,
             "## Drain: a backlog spooled with the collector down, then caught up\n\n\
              {} devices, inflight {}, QoS 1; uplink.backoff_max = 1s.\n",
             report.settings.drain_devices, report.settings.drain_inflight
         );
-        out.push_str(&drain_table(drain));
+        out.push_str(&drain_table(&report.drain));
         out.push('\n');
     }
     let w = &report.wire;
@@ -205,11 +208,16 @@ pub(super) fn suite_markdown(report: &SuiteReport) -> String {
         w.upload_gzip,
         w.upload_zstd
     );
-    if let Some(drain) = &report.drain {
+    for drain in &report.drain {
+        let spool = if drain.encrypted {
+            "encrypted"
+        } else {
+            "plain"
+        };
         let _ = writeln!(
             out,
-            "| spool blocks (edge-agent, {} readings spooled) | {:.1} |\n\
-             | spool files on disk (sled, same backlog) | {:.1} |",
+            "| spool blocks ({spool}, {} readings spooled) | {:.1} |\n\
+             | spool files on disk ({spool}, sled, same backlog) | {:.1} |",
             drain.readings, drain.spool_block_bytes_per_reading, drain.spool_disk_bytes_per_reading
         );
     }

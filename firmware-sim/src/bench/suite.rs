@@ -7,7 +7,7 @@
 //! 3. A fixed load, 1,000 devices × 10 readings/s at QoS 1, against the
 //!    same four: latency, memory and CPU at equal work.
 //! 4. Drain: a backlog spooled with the collector down, then caught up
-//!    ([`super::drain`]).
+//!    ([`super::drain`]), with a plain spool and with an encrypted one.
 //! 5. Bytes per reading on the wire ([`super::bytes`]) and on disk.
 
 use std::fmt::Write as _;
@@ -69,7 +69,8 @@ pub struct SuiteReport {
     pub machine: Machine,
     pub settings: Settings,
     pub ingest: Vec<IngestRun>,
-    pub drain: Option<DrainRun>,
+    /// The drain with a plain spool, then with an encrypted one.
+    pub drain: Vec<DrainRun>,
     pub wire: WireBytes,
 }
 
@@ -150,19 +151,23 @@ pub async fn suite(args: SuiteArgs, shutdown: CancellationToken) -> anyhow::Resu
         };
         ingest.extend(run_targets(&Target::ALL, load, args.work_dir.as_deref(), &shutdown).await?);
     }
-    let drain = if args.drain_readings > 0 {
-        eprintln!("drain: {} readings", args.drain_readings);
+    let mut drain = Vec::new();
+    for encrypt in [false, true] {
+        if args.drain_readings == 0 {
+            break;
+        }
+        let spool = if encrypt { "encrypted" } else { "plain" };
+        eprintln!("drain: {} readings, {spool} spool", args.drain_readings);
         let drain_args = DrainArgs {
             readings: args.drain_readings,
             devices: DRAIN_DEVICES,
             inflight: DRAIN_INFLIGHT,
             timeout: Duration::from_secs(300).into(),
             payload_bytes: Some(args.payload_bytes),
+            encrypt,
         };
-        Some(super::drain::measure(drain_args, shutdown.clone()).await?)
-    } else {
-        None
-    };
+        drain.push(super::drain::measure(drain_args, shutdown.clone()).await?);
+    }
     let wire = wire_bytes(args.payload_bytes, DRAIN_DEVICES, BATCH_RECORDS);
     machine.load_average_end = load_average();
 

@@ -9,7 +9,7 @@
 //!     (a torn tail, bytes after the last "\n", is moved to <file>.torn first)
 //!   write every line with its "\n" in one write_all (O_APPEND), then fdatasync
 //!   flock(LOCK_UN)
-//! verify: flock(LOCK_SH), every line through telemetry::audit::Verifier;
+//! verify: flock(LOCK_SH), every line through crate::chain::Verifier;
 //!         a last line without "\n" is reported as torn
 //! ```
 //!
@@ -24,7 +24,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use telemetry::audit::{Broken, Details, Head, Verifier};
+use crate::chain::{Broken, Details, Head, Verifier};
 
 /// One action to record; the file adds `seq` and `prev`.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +62,9 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// The last complete line is not an audit record: the file was damaged
-    /// or edited. Run `cloud-sync audit verify`, keep the file as evidence
+    /// or edited. Run `audit verify` (cloud-sync or edge-agent), keep the file as evidence
     /// and start a new one (move it aside).
-    #[error("audit log {path} ends in a line that is not an audit record ({reason}); run `cloud-sync audit verify` and move the file aside")]
+    #[error("audit log {path} ends in a line that is not an audit record ({reason}); run `audit verify` (cloud-sync or edge-agent) and move the file aside")]
     Damaged { path: PathBuf, reason: String },
     /// The collector's writer thread has stopped (it panicked); see the logs.
     #[error("the audit log writer has stopped")]
@@ -73,7 +73,7 @@ pub enum AuditError {
 
 impl AuditError {
     /// A copy for each waiter of a failed group (`io::Error` is not `Clone`).
-    pub(crate) fn duplicate(&self) -> AuditError {
+    pub fn duplicate(&self) -> AuditError {
         match self {
             AuditError::Io { path, source } => AuditError::Io {
                 path: path.clone(),
@@ -339,7 +339,7 @@ pub fn verify_file(path: &Path) -> Result<Head, VerifyError> {
         let text = std::str::from_utf8(&line).map_err(|_| {
             broken(Broken {
                 line: number,
-                kind: telemetry::audit::BrokenKind::NotARecord("not UTF-8".into()),
+                kind: crate::chain::BrokenKind::NotARecord("not UTF-8".into()),
             })
         })?;
         verifier.push(text).map_err(broken)?;
