@@ -16,7 +16,7 @@
 //! Left alone: `envelopes` (the dedup keys, no device id: a resent removed
 //! envelope stays a duplicate), `gateways` and `syncs` (per-gateway counts,
 //! no device id). PostgreSQL keeps deleted rows' bytes in dead tuples until
-//! VACUUM, and in WAL and backups: see `docs/compliance-collector.md`.
+//! VACUUM, and in WAL and backups: see `docs/compliance.md`.
 
 use std::time::Duration;
 
