@@ -322,6 +322,86 @@ async fn silent_peers_do_not_stall_other_handshakes() {
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
+/// The acceptance case: silent and half-handshaken peers hold TLS
+/// connections open while 50 registered devices connect and publish at
+/// once, and a device with a wrong password is refused and counted. Every
+/// well-behaved device is served long before the silent peers time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_devices_connect_and_publish_while_silent_peers_hold_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = server_pki(dir.path());
+    let sink = Arc::new(InstantSink::default());
+    let mut config = tls_config(&pki);
+    // Far longer than the devices may take: they must not wait for it.
+    config.handshake_timeout = Duration::from_secs(60);
+    let names: Vec<String> = (0..50).map(|i| format!("dev-{i:02}")).collect();
+    let devices = registry(
+        dir.path(),
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let broker = start(sink.clone(), config, Some(devices)).unwrap();
+    let addr = broker.tls_addr().unwrap();
+    let tls = client_tls(&pki.ca, None);
+
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(tls.clone(), ServerName::try_from("localhost").unwrap())
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    for _ in 0..5 {
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(&hello[..hello.len() / 2]).await.unwrap();
+        silent.push(half);
+    }
+
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in &names {
+        let (name, tls) = (name.clone(), tls.clone());
+        tasks.spawn(async move {
+            let ok = connect_and_publish(addr, &name, Some((&name, PASSWORD)), tls).await;
+            (name, ok)
+        });
+    }
+    let (intruder, tls_intruder) = ("dev-00".to_string(), tls.clone());
+    let wrong = tokio::spawn(async move {
+        let (_client, mut events) = tls_client(
+            addr,
+            "intruder",
+            Some((&intruder, "not-the-password")),
+            tls_intruder,
+        );
+        connack(&mut events).await
+    });
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (name, ok) = joined.unwrap();
+        if !ok {
+            failed.push(name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "not served after {:?}: {failed:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        wrong.await.unwrap(),
+        Connack::Refused(ConnectReturnCode::BadUserNamePassword)
+    );
+    assert_eq!(sink.items.lock().unwrap().len(), 50);
+    assert_eq!(broker.metrics().tls_handshakes.get(), 51);
+    assert_eq!(broker.metrics().connections_refused.get(), 1);
+    // The silent peers are still waiting out their handshake time: every
+    // device was served while they held their connections.
+    assert_eq!(handshakes_failed(&broker, "timeout"), 0);
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_new_tls_connections_are_closed_at_once() {
     let dir = tempfile::tempdir().unwrap();
