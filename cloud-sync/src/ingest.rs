@@ -39,7 +39,31 @@ pub enum BatchError {
         seq: u64,
         error: DeviceIdError,
     },
+    /// Seqs start at 1 and increase strictly within a batch (they are the
+    /// dedup key); anything else is a broken gateway.
+    #[error("envelope {index}: seq {seq} must be at least 1 and above the previous envelope's ({previous})")]
+    Seq {
+        index: usize,
+        seq: u64,
+        previous: u64,
+    },
+    /// The topic is not under `devices/{device_id}/`, or too long.
+    #[error("envelope {index} (seq {seq}): topic must be devices/{{device_id}}/... of at most {MAX_TOPIC_BYTES} bytes")]
+    Topic { index: usize, seq: u64 },
+    /// `received_at` is past what the store can hold as a time.
+    #[error("envelope {index} (seq {seq}): received_at {received_at} ms is not a time before the year 3000")]
+    ReceivedAt {
+        index: usize,
+        seq: u64,
+        received_at: u64,
+    },
 }
+
+/// Longest topic accepted, in bytes: far above `devices/{id}/telemetry`.
+pub const MAX_TOPIC_BYTES: usize = 1024;
+/// 3000-01-01T00:00:00Z in ms: later arrival times are a broken clock or
+/// a broken field, and would overflow nanosecond times.
+const MAX_RECEIVED_AT_MS: u64 = 32_503_680_000_000;
 
 /// Validates `batch` and decodes its payloads with `limits`. `synced_at_ms` is
 /// the collector's clock, recorded as the gateway's last sync.
@@ -50,12 +74,37 @@ pub fn prepare(
 ) -> Result<PreparedBatch, BatchError> {
     validate_device_id(&batch.gateway_id).map_err(BatchError::GatewayId)?;
     let spool_id = normalize_spool_id(&batch.spool_id)?;
+    let mut previous = 0;
     for (index, envelope) in batch.envelopes.iter().enumerate() {
+        let seq = envelope.seq;
+        if seq <= previous {
+            return Err(BatchError::Seq {
+                index,
+                seq,
+                previous,
+            });
+        }
+        previous = seq;
         validate_device_id(&envelope.device_id).map_err(|error| BatchError::DeviceId {
             index,
-            seq: envelope.seq,
+            seq,
             error,
         })?;
+        let under_device = envelope
+            .topic
+            .strip_prefix("devices/")
+            .and_then(|rest| rest.strip_prefix(envelope.device_id.as_str()))
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'));
+        if !under_device || envelope.topic.len() > MAX_TOPIC_BYTES {
+            return Err(BatchError::Topic { index, seq });
+        }
+        if envelope.received_at > MAX_RECEIVED_AT_MS {
+            return Err(BatchError::ReceivedAt {
+                index,
+                seq,
+                received_at: envelope.received_at,
+            });
+        }
     }
     let envelopes = batch
         .envelopes
@@ -310,5 +359,46 @@ mod tests {
             err.to_string(),
             "envelope 1 (seq 2): device_id is invalid: device id must be 1 to 64 bytes long, got 0"
         );
+    }
+
+    #[test]
+    fn seqs_topics_and_arrival_times_are_checked_field_by_field() {
+        let refused = |envelopes: Vec<Envelope>| {
+            prepare(batch(envelopes), &Limits::default(), 5)
+                .unwrap_err()
+                .to_string()
+        };
+        let message = refused(vec![envelope(3, "a", vec![]), envelope(3, "a", vec![])]);
+        assert!(
+            message.starts_with("envelope 1: seq 3 must be"),
+            "{message}"
+        );
+        assert!(refused(vec![envelope(0, "a", vec![])]).contains("seq 0"));
+
+        for topic in [
+            "devices/b/telemetry",
+            "devices/a",
+            "devices/a/",
+            "other/a/x",
+        ] {
+            let mut wrong = envelope(1, "a", vec![]);
+            wrong.topic = topic.into();
+            let message = refused(vec![wrong]);
+            assert!(
+                message.contains("topic must be devices/{device_id}/"),
+                "{topic}: {message}"
+            );
+        }
+        let mut long = envelope(1, "a", vec![]);
+        long.topic = format!("devices/a/{}", "x".repeat(MAX_TOPIC_BYTES));
+        assert!(refused(vec![long]).contains("topic"));
+
+        let mut future = envelope(1, "a", vec![]);
+        future.received_at = u64::MAX;
+        assert!(refused(vec![future]).contains("received_at"));
+        // A gateway whose clock starts at 1970 is still served.
+        let mut early = envelope(1, "a", vec![]);
+        early.received_at = 0;
+        assert!(prepare(batch(vec![early]), &Limits::default(), 5).is_ok());
     }
 }

@@ -165,10 +165,37 @@ async fn malformed_batches_get_clear_400s() {
     bad_spool.spool_id = "xyz".into();
     let mut bad_gateway = sample(1);
     bad_gateway.gateway_id = "gw/../x".into();
+    let mut out_of_order = sample(3);
+    out_of_order.envelopes.swap(1, 2);
+    let mut foreign_topic = sample(2);
+    foreign_topic.envelopes[1].topic = "devices/dev-2/telemetry".into();
+    // `received_at` as text: the message names the field's path.
+    let wrong_type = {
+        let mut doc: serde_cbor::Value = serde_cbor::from_slice(&encode_batch(&sample(2))).unwrap();
+        let serde_cbor::Value::Map(fields) = &mut doc else {
+            unreachable!("a batch is a map")
+        };
+        let Some(serde_cbor::Value::Array(envelopes)) =
+            fields.get_mut(&serde_cbor::Value::Text("envelopes".into()))
+        else {
+            unreachable!("envelopes is an array")
+        };
+        let serde_cbor::Value::Map(second) = &mut envelopes[1] else {
+            unreachable!("an envelope is a map")
+        };
+        second.insert(
+            serde_cbor::Value::Text("received_at".into()),
+            serde_cbor::Value::Text("yesterday".into()),
+        );
+        serde_cbor::to_vec(&doc).unwrap()
+    };
     for (body, expected) in [
         (b"\xa1\x61".to_vec(), "batch"),
         (encode_batch(&bad_spool), "spool_id"),
         (encode_batch(&bad_gateway), "gateway"),
+        (encode_batch(&out_of_order), "envelope 2: seq 2 must be"),
+        (encode_batch(&foreign_topic), "envelope 1 (seq 2): topic"),
+        (wrong_type, "envelopes[1].received_at: invalid type: string"),
     ] {
         let (status, json) = post(&server, body, None, TOKEN).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");

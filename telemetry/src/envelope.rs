@@ -54,17 +54,38 @@ pub struct BatchResponse {
     pub duplicates: u64,
 }
 
-/// A batch or envelope that does not decode.
+/// A batch or envelope that does not decode. The message names the field
+/// at fault, e.g. `envelopes[3].seq: invalid type: text string, expected u64`.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid sync batch: {0}")]
-pub struct WireError(#[from] serde_cbor::Error);
+pub enum WireError {
+    /// A field has the wrong type or is missing; `path` is where.
+    #[error("invalid sync batch at {path}: {source}")]
+    Field {
+        path: String,
+        source: serde_cbor::Error,
+    },
+    /// Not one CBOR item, or bytes after it.
+    #[error("invalid sync batch: {0}")]
+    Cbor(#[from] serde_cbor::Error),
+}
 
 pub fn encode_batch(batch: &SyncBatch) -> Vec<u8> {
     serde_cbor::to_vec(batch).expect("a sync batch always serializes")
 }
 
 pub fn decode_batch(bytes: &[u8]) -> Result<SyncBatch, WireError> {
-    Ok(serde_cbor::from_slice(bytes)?)
+    let mut de = serde_cbor::Deserializer::from_slice(bytes);
+    let batch = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let source = err.into_inner();
+        if path == "." {
+            WireError::Cbor(source)
+        } else {
+            WireError::Field { path, source }
+        }
+    })?;
+    de.end()?;
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -112,6 +133,29 @@ mod tests {
         assert!(decode_batch(&[]).is_err());
         assert!(decode_batch(&[0xa0]).is_err());
         assert!(decode_batch(b"not cbor").is_err());
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named_by_its_path() {
+        let mut doc: Cbor = serde_cbor::from_slice(&encode_batch(&batch())).unwrap();
+        let Cbor::Map(fields) = &mut doc else {
+            panic!("batch is not a map");
+        };
+        let Some(Cbor::Array(envelopes)) = fields.get_mut(&Cbor::Text("envelopes".into())) else {
+            panic!("envelopes is not an array");
+        };
+        let Cbor::Map(envelope) = &mut envelopes[0] else {
+            panic!("envelope is not a map");
+        };
+        envelope.insert(Cbor::Text("seq".into()), Cbor::Text("7".into()));
+        let err = decode_batch(&serde_cbor::to_vec(&doc).unwrap()).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("envelopes[0].seq"), "{message}");
+        assert!(message.contains("expected u64"), "{message}");
+
+        let mut trailing = encode_batch(&batch());
+        trailing.push(0x00);
+        assert!(matches!(decode_batch(&trailing), Err(WireError::Cbor(_))));
     }
 
     #[test]
