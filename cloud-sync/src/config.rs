@@ -52,7 +52,8 @@ pub struct Config {
     pub require_read_token: bool,
     /// Per-gateway limit on `POST /v1/batches`; `None` (default) is unlimited.
     pub ingest_rate_limit: Option<RateLimit>,
-    /// Serve HTTPS with this certificate and key instead of plain HTTP. Default: none.
+    /// Serve HTTPS with this certificate and key instead of plain HTTP, and
+    /// with `client_ca` require client certificates. Default: none.
     pub tls: Option<TlsFiles>,
     /// Largest request body accepted after decompression, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
@@ -207,6 +208,23 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key: PKCS#8, PKCS#1 or SEC1.
     pub key: PathBuf,
+    /// CA certificates that sign the clients' certificates
+    /// (`server.tls_client_ca`). When set, a handshake without a certificate
+    /// chaining to one of them fails, before any request, for every client
+    /// (gateways, the dashboard, query scripts); bearer tokens are still
+    /// required on top. Default: none, clients present no certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// HTTPS with this certificate and key, no client certificates.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsFiles {
+        TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+        }
+    }
 }
 
 /// The storage backend of a collector.
@@ -374,6 +392,9 @@ pub struct ServerSection {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with them every HTTPS client must present a
+    /// certificate they signed. Only with `tls_cert` and `tls_key`. Default none.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -387,6 +408,7 @@ impl Default for ServerSection {
             ingest_burst: DEFAULT_INGEST_BURST,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -401,10 +423,15 @@ impl ServerSection {
 
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
         match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => Err(invalid(
+                "server.tls_client_ca",
+                "is only valid with tls_cert and tls_key (client certificates need HTTPS)",
+            )),
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => Ok(Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
             })),
             (Some(_), None) => Err(invalid("server.tls_key", "is required with tls_cert")),
             (None, Some(_)) => Err(invalid("server.tls_cert", "is required with tls_key")),
@@ -708,6 +735,12 @@ ingest_burst = {DEFAULT_INGEST_BURST}
 # Serve HTTPS: the certificate chain and its key, PEM. Both or neither.
 # tls_cert = "collector.pem"
 # tls_key = "collector.key"
+# Require client certificates (mutual TLS): PEM CA certificates that sign
+# them. Only with tls_cert and tls_key. Every HTTPS client (gateways with
+# uplink.client_cert, the dashboard's browser, query scripts) must then
+# present a certificate chaining to one of them, or its handshake fails;
+# bearer tokens are still required on top.
+# tls_client_ca = "gateways-ca.pem"
 
 [store]
 # Where readings are stored: "{SLED_STORE}" for the embedded store in data_dir, or a
@@ -904,6 +937,10 @@ mod tests {
                 "[auth]\ntokens = [\"t\"]\n[server]\ntls_cert = \"c.pem\"\n",
                 "server.tls_key",
             ),
+            (
+                "[auth]\ntokens = [\"t\"]\n[server]\ntls_client_ca = \"ca.pem\"\n",
+                "server.tls_client_ca",
+            ),
         ] {
             let err = parse(text).validate().unwrap_err().to_string();
             assert!(err.contains(field), "{text}: {err}");
@@ -918,6 +955,26 @@ mod tests {
                 burst: DEFAULT_INGEST_BURST
             })
         );
+    }
+
+    #[test]
+    fn a_client_ca_goes_with_the_https_files() {
+        let tls = |server: &str| {
+            FileConfig::parse(
+                &format!("[auth]\ntokens = [\"t\"]\n[server]\n{server}"),
+                Path::new("c.toml"),
+            )
+            .unwrap()
+            .validate()
+            .unwrap()
+            .tls
+        };
+        let https = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        assert_eq!(tls(https), Some(TlsFiles::new("c.pem", "k.pem")));
+        let mutual = tls(&format!("{https}tls_client_ca = \"ca.pem\"\n")).unwrap();
+        assert_eq!(mutual.client_ca, Some(PathBuf::from("ca.pem")));
+        // The files themselves are read at bind (`tls::load`), where a
+        // missing or empty one is an error naming the field.
     }
 
     #[test]

@@ -51,7 +51,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!(
                 "config ok: listen {}{}, store {}, {tokens}, reads {}, audit log {}, retention {}",
                 config.listen,
-                if config.tls.is_some() { " (https)" } else { "" },
+                match &config.tls {
+                    Some(tls) if tls.client_ca.is_some() =>
+                        " (https, client certificates required)",
+                    Some(_) => " (https)",
+                    None => "",
+                },
                 config.store_description(),
                 if config.require_read_token {
                     "need a token"

@@ -12,7 +12,8 @@
 //! the gateways retry them.
 //!
 //! With `server.tls_cert` and `tls_key` the same router is served over
-//! HTTPS (`tls.rs`); the certificate is read once, at bind.
+//! HTTPS (`tls.rs`), requiring client certificates with `tls_client_ca`;
+//! the files are read once, at bind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! HTTPS for the collector: the PEM files of `server.tls_cert` and
-//! `server.tls_key` become one rustls `ServerConfig` (ring provider, TLS 1.2
-//! and 1.3, ALPN h2 and http/1.1), and [`TlsListener`] hands axum only
-//! connections whose handshake is done.
+//! `server.tls_key` (and `server.tls_client_ca`, which makes client
+//! certificates required) become one rustls `ServerConfig` (ring provider,
+//! TLS 1.2 and 1.3, ALPN h2 and http/1.1), and [`TlsListener`] hands axum
+//! only connections whose handshake is done.
 //!
 //! ```text
 //! TcpListener ──accept──▶ spawn: handshake (≤ HANDSHAKE_TIMEOUT, ≤ MAX_HANDSHAKES at once)
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -52,6 +54,10 @@ pub enum TlsError {
         path: PathBuf,
         what: &'static str,
     },
+    /// The client CA file holds a certificate rustls cannot use as a trust
+    /// anchor; replace it with the CA certificates that sign the clients'.
+    #[error("server.tls_client_ca {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
     /// The certificate and key do not fit together, or rustls refuses them.
     #[error("server.tls_cert {cert} with server.tls_key {key}: {reason}")]
     Unusable {
@@ -61,9 +67,10 @@ pub enum TlsError {
     },
 }
 
-/// Reads the certificate chain and key and builds the server configuration.
+/// Reads the certificate chain, the key and the client CA, and builds the
+/// server configuration.
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = read_certs(&files.cert)?;
+    let certs = read_certs("tls_cert", &files.cert)?;
     let key = read_key(&files.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let unusable = |reason: String| TlsError::Unusable {
@@ -71,10 +78,14 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         key: files.key.clone(),
         reason,
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|err| unusable(err.to_string()))?
-        .with_no_client_auth()
+        .map_err(|err| unusable(err.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|err| unusable(err.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -89,14 +100,14 @@ fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_file("tls_cert", path)?;
+fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(field, path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsError::Empty {
-            field: "tls_cert",
+            field,
             path: path.to_owned(),
             what: "certificate",
         });
@@ -111,6 +122,27 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.to_owned(),
         what: "private key (PKCS#8, PKCS#1 or SEC1)",
     })
+}
+
+/// Requires every client to present a certificate chaining to one of the
+/// CAs in `path` (WebPKI rules: validity dates, signatures, the clientAuth
+/// extended key usage when the certificate lists any). No CRLs: revoke a
+/// gateway by revoking its token.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let client_ca = |reason: String| TlsError::ClientCa {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("tls_client_ca", path)? {
+        roots.add(cert).map_err(|err| client_ca(err.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|err| client_ca(err.to_string()))
 }
 
 /// An `axum::serve` listener that yields TLS streams after their handshake.
@@ -161,7 +193,8 @@ async fn accept_loop(
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
                 }
-                // Scanners, wrong CAs, plain HTTP on the TLS port: routine.
+                // Scanners, wrong CAs, clients without the certificate
+                // `tls_client_ca` requires, plain HTTP on the TLS port: routine.
                 Ok(Err(err)) => tracing::debug!(%peer, error = %err, "tls handshake failed"),
                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
             }
@@ -183,5 +216,63 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local_addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    /// A self-signed server certificate and key, and a CA certificate, as PEM files.
+    fn files(dir: &Path) -> TlsFiles {
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap();
+        let mut files = TlsFiles::new(
+            write("server.pem", cert.pem()),
+            write("server.key", key.serialize_pem()),
+        );
+        files.client_ca = Some(write("clients-ca.pem", ca.pem()));
+        files
+    }
+
+    #[test]
+    fn a_client_ca_loads_beside_the_server_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        load(&files).unwrap();
+        let plain = TlsFiles::new(files.cert.clone(), files.key.clone());
+        load(&plain).unwrap();
+    }
+
+    #[test]
+    fn a_bad_client_ca_file_names_the_field_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = files(dir.path());
+        let missing = dir.path().join("missing-ca.pem");
+        // A key is no certificate: nothing to trust.
+        for (path, expected) in [
+            (missing.clone(), "missing-ca.pem"),
+            (files.key.clone(), "no PEM certificate found"),
+        ] {
+            files.client_ca = Some(path.clone());
+            let err = load(&files).unwrap_err().to_string();
+            assert!(err.starts_with("server.tls_client_ca "), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
     }
 }

@@ -362,10 +362,10 @@ async fn the_collector_serves_https_with_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki::pki(dir.path());
     let mut config = config(&dir.path().join("data"));
-    config.tls = Some(cloud_sync::config::TlsFiles {
-        cert: pki.cert_file.clone(),
-        key: pki.key_file.clone(),
-    });
+    config.tls = Some(cloud_sync::config::TlsFiles::new(
+        pki.cert_file.clone(),
+        pki.key_file.clone(),
+    ));
     let server = TestServer::start(config).await;
 
     let trusting = reqwest::Client::builder()
@@ -432,7 +432,7 @@ async fn bad_tls_files_fail_bind_naming_the_field() {
         ),
     ] {
         let mut config = config(&dir.path().join("data"));
-        config.tls = Some(cloud_sync::config::TlsFiles { cert, key });
+        config.tls = Some(cloud_sync::config::TlsFiles::new(cert, key));
         let err = cloud_sync::Server::bind(config).await.unwrap_err();
         assert!(format!("{err:#}").contains(expected), "{err:#}");
     }

@@ -454,6 +454,13 @@ pub struct RunArgs {
     /// PEM file of CA certificates trusted for an https:// collector.
     #[arg(long, env = "EDGE_AGENT_UPLINK_CA_FILE")]
     pub uplink_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to a collector that requires one
+    /// (with --uplink-client-key).
+    #[arg(long, env = "EDGE_AGENT_UPLINK_CLIENT_CERT")]
+    pub uplink_client_cert: Option<PathBuf>,
+    /// PEM private key of --uplink-client-cert.
+    #[arg(long, env = "EDGE_AGENT_UPLINK_CLIENT_KEY")]
+    pub uplink_client_key: Option<PathBuf>,
     /// Listen address of /healthz and /metrics.
     #[arg(long, env = "EDGE_AGENT_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
@@ -489,6 +496,8 @@ impl RunArgs {
         overlay(&mut file.uplink.url, &self.uplink_url);
         overlay(&mut file.uplink.token, &self.uplink_token);
         overlay(&mut file.uplink.ca_file, &self.uplink_ca_file);
+        overlay(&mut file.uplink.client_cert, &self.uplink_client_cert);
+        overlay(&mut file.uplink.client_key, &self.uplink_client_key);
         overlay(&mut file.admin.listen, &self.admin_listen);
         overlay(&mut file.mqtt.devices_file, &self.devices_file);
         overlay(&mut file.spool.key_file, &self.spool_key_file);

@@ -92,6 +92,12 @@ url = "http://127.0.0.1:8480"
 # PEM file of CA certificates trusted for an https:// collector, on top of the
 # system's trust store (a private CA, or the collector's self-signed certificate).
 # ca_file = "collector-ca.pem"
+# A client certificate for a collector that requires one (its
+# server.tls_client_ca): the PEM certificate (then any intermediates) and its
+# private key (PKCS#8, PKCS#1 or SEC1, unencrypted). Both or neither; read and
+# checked at start. Keep the key file mode 0600. The token is still required.
+# client_cert = "gateway.pem"
+# client_key = "gateway.key"
 # Bearer token of this gateway (required).
 # token = "..."
 # A batch closes at this many readings, this many bytes, or this long after its first reading.
@@ -189,6 +195,8 @@ pub struct UplinkSection {
     pub url: Option<String>,
     pub token: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub max_batch_records: Option<usize>,
     pub max_batch_bytes: Option<usize>,
     pub linger: Option<String>,
@@ -229,6 +237,9 @@ pub struct UplinkConfig {
     /// Extra trusted CAs for an https collector (`uplink.ca_file`), added to
     /// the system's trust store. Empty by default.
     pub ca_certs: CaCertificates,
+    /// The certificate the gateway presents to a collector that requires
+    /// one (`uplink.client_cert` and `uplink.client_key`). Default: none.
+    pub client_identity: Option<ClientIdentity>,
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
     pub linger: Duration,
@@ -277,21 +288,109 @@ impl CaCertificates {
         };
         // A PEM block that is not an X.509 certificate fails only when the
         // client is built: find it now, not at the first upload.
-        ca.client(Duration::from_secs(30))?;
+        http_client(&ca, None, Duration::from_secs(30))?;
         Ok(ca)
     }
+}
 
-    /// The uplink's HTTP client: rustls (ring) with the system's roots plus these.
-    pub fn client(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder().timeout(timeout);
-        for cert in &self.certs {
-            builder = builder.add_root_certificate(cert.clone());
-        }
-        builder.build().with_context(|| match &self.file {
-            Some(path) => format!("uplink.ca_file {}: unusable certificate", path.display()),
-            None => "cannot build the uplink http client".to_string(),
-        })
+/// The gateway's client certificate and key, from `uplink.client_cert` and
+/// `uplink.client_key`. `Debug` shows the file names only: the key never
+/// reaches a log line or `config check`.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// PEM certificate, then any intermediates.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    identity: reqwest::Identity,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
     }
+}
+
+impl ClientIdentity {
+    /// Reads the certificate and key and checks that they belong together;
+    /// errors name the field and the file, never the file's contents.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<ClientIdentity> {
+        let cert_pem = std::fs::read(cert)
+            .with_context(|| format!("uplink.client_cert {}: cannot read", cert.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&cert_pem)
+            .with_context(|| format!("uplink.client_cert {}: not PEM", cert.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "uplink.client_cert {}: no PEM certificate found",
+                cert.display()
+            );
+        }
+        let key_pem = std::fs::read(key)
+            .with_context(|| format!("uplink.client_key {}: cannot read", key.display()))?;
+        // reqwest takes the certificates and the key as one PEM buffer; with
+        // the certificates checked above, a failure here is the key's.
+        let mut pem = cert_pem;
+        pem.push(b'\n');
+        pem.extend_from_slice(&key_pem);
+        let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "uplink.client_key {}: no PEM private key found (PKCS#8, PKCS#1 or SEC1, unencrypted)",
+                key.display()
+            )
+        })?;
+        let identity = ClientIdentity {
+            cert_file: cert.to_path_buf(),
+            key_file: key.to_path_buf(),
+            identity,
+        };
+        // rustls checks that the key is the certificate's (and that it can
+        // sign with it) only when the client is built: do it now.
+        http_client(
+            &CaCertificates::default(),
+            Some(&identity),
+            Duration::from_secs(30),
+        )?;
+        Ok(identity)
+    }
+}
+
+impl UplinkConfig {
+    /// The uplink's HTTP client: rustls (ring) with the system's roots plus
+    /// `uplink.ca_file`, presenting the client certificate when there is one.
+    pub fn http_client(&self) -> anyhow::Result<reqwest::Client> {
+        http_client(
+            &self.ca_certs,
+            self.client_identity.as_ref(),
+            self.request_timeout,
+        )
+    }
+}
+
+fn http_client(
+    ca: &CaCertificates,
+    identity: Option<&ClientIdentity>,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    for cert in &ca.certs {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity.identity.clone());
+    }
+    builder.build().with_context(|| match (identity, &ca.file) {
+        // The CA bundle was checked alone when it was loaded.
+        (Some(identity), _) => format!(
+            "uplink.client_cert {} with uplink.client_key {}: unusable (is the key the certificate's?)",
+            identity.cert_file.display(),
+            identity.key_file.display()
+        ),
+        (None, Some(path)) => format!("uplink.ca_file {}: unusable certificate", path.display()),
+        (None, None) => "cannot build the uplink http client".to_string(),
+    })
 }
 
 /// The agent's runtime configuration.
@@ -370,6 +469,12 @@ impl FileConfig {
             Some(path) => CaCertificates::load(path)?,
             None => CaCertificates::default(),
         };
+        let client_identity = match (&up.client_cert, &up.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity::load(cert, key)?),
+            (None, None) => None,
+            (Some(_), None) => bail!("uplink.client_key is required with uplink.client_cert"),
+            (None, Some(_)) => bail!("uplink.client_cert is required with uplink.client_key"),
+        };
         let token = up.token.unwrap_or_default();
         if token.is_empty() {
             bail!(
@@ -386,6 +491,7 @@ impl FileConfig {
             url: url.trim_end_matches('/').to_string(),
             token,
             ca_certs,
+            client_identity,
             max_batch_records: up.max_batch_records.unwrap_or(1000),
             max_batch_bytes: up.max_batch_bytes.unwrap_or(1024 * 1024),
             linger: duration("uplink.linger", up.linger, Duration::from_millis(100))?,
@@ -668,6 +774,98 @@ mod tests {
         std::fs::write(&not_pem, "hello").unwrap();
         let err = validate(&format!("ca_file = {not_pem:?}")).unwrap_err();
         assert!(format!("{err:#}").contains("no PEM certificate"), "{err:#}");
+    }
+
+    #[test]
+    fn client_certificates_come_in_pairs_and_their_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let self_signed = |cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let (cert_pem, key_pem) = self_signed("gw-1");
+        let cert = write("gw.pem", cert_pem);
+        let key = write("gw.key", key_pem.clone());
+        let other_key = write("other.key", self_signed("gw-2").1);
+        let missing = dir.path().join("missing.pem");
+        let garbage = write("garbage.pem", "hello".into());
+        let validate = |cert: Option<&Path>, key: Option<&Path>| {
+            let mut file = FileConfig::parse("[uplink]\ntoken = \"t\"").unwrap();
+            file.uplink.client_cert = cert.map(Path::to_path_buf);
+            file.uplink.client_key = key.map(Path::to_path_buf);
+            file.validate().map(|config| config.uplink.client_identity)
+        };
+
+        assert!(validate(None, None).unwrap().is_none(), "off by default");
+        let identity = validate(Some(&cert), Some(&key)).unwrap().unwrap();
+        assert_eq!(
+            (identity.cert_file.as_path(), identity.key_file.as_path()),
+            (cert.as_path(), key.as_path())
+        );
+        // The key's bytes never show, not even in `Debug` of the whole config.
+        let config = format!("{:?}", validate(Some(&cert), Some(&key)).unwrap());
+        let key_body = key_pem.lines().nth(1).unwrap();
+        assert!(
+            !config.contains(key_body) && !config.contains("PRIVATE"),
+            "{config}"
+        );
+
+        for (cert, key, expected) in [
+            (Some(&cert), None, vec!["uplink.client_key is required"]),
+            (None, Some(&key), vec!["uplink.client_cert is required"]),
+            (
+                Some(&missing),
+                Some(&key),
+                vec!["uplink.client_cert", "missing.pem"],
+            ),
+            (
+                Some(&garbage),
+                Some(&key),
+                vec!["uplink.client_cert", "garbage.pem", "no PEM certificate"],
+            ),
+            // A key in place of the certificate holds no certificate either.
+            (
+                Some(&key),
+                Some(&key),
+                vec!["uplink.client_cert", "gw.key", "no PEM certificate"],
+            ),
+            (
+                Some(&cert),
+                Some(&missing),
+                vec!["uplink.client_key", "missing.pem"],
+            ),
+            (
+                Some(&cert),
+                Some(&garbage),
+                vec!["uplink.client_key", "garbage.pem", "no PEM private key"],
+            ),
+            (
+                Some(&cert),
+                Some(&cert),
+                vec!["uplink.client_key", "gw.pem", "no PEM private key"],
+            ),
+            (
+                Some(&cert),
+                Some(&other_key),
+                vec!["uplink.client_cert", "uplink.client_key", "other.key"],
+            ),
+        ] {
+            let err = validate(cert.map(PathBuf::as_path), key.map(PathBuf::as_path)).unwrap_err();
+            let message = format!("{err:#}");
+            for part in expected {
+                assert!(message.contains(part), "{part:?} not in {message}");
+            }
+            assert!(!message.contains("PRIVATE"), "{message}");
+        }
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl Agent {
             mqtt_tls = ?broker.tls_addr(),
             admin = %admin_addr,
             uplink = config.uplink.url,
+            uplink_client_cert = config.uplink.client_identity.is_some(),
             "edge-agent started"
         );
         Ok(Agent {

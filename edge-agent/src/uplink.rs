@@ -111,7 +111,7 @@ impl Uplink {
     /// Requests still in flight are abandoned (their batches are sent again
     /// after a restart).
     pub async fn run(self, shutdown: CancellationToken) {
-        let client = match self.config.ca_certs.client(self.config.request_timeout) {
+        let client = match self.config.http_client() {
             Ok(client) => client,
             Err(err) => {
                 error!(
@@ -784,9 +784,24 @@ fn compress(
     }
 }
 
+/// TLS alerts with which a collector refuses the gateway's client
+/// certificate, or its lack of one (rustls names them so in "received fatal
+/// alert: ..."): no certificate, one from another CA, expired, revoked or
+/// not for client authentication.
+const CLIENT_CERT_ALERTS: &[&str] = &[
+    "CertificateRequired",
+    "UnknownCA",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+];
+
 /// An error and its causes on one line: reqwest's own message ("error
 /// sending request") hides the reason, such as a certificate from an
-/// unknown CA, in its sources. Certificate failures get a hint.
+/// unknown CA, in its sources. Certificate failures on either side get a
+/// hint naming the setting to check.
 fn error_chain(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
@@ -801,6 +816,13 @@ fn error_chain(err: &reqwest::Error) -> String {
     if text.contains("certificate") {
         text.push_str(
             " (is uplink.ca_file the CA that signed the collector's certificate, and the URL's host in it?)",
+        );
+    } else if CLIENT_CERT_ALERTS
+        .iter()
+        .any(|alert| text.contains(&format!("fatal alert: {alert}")))
+    {
+        text.push_str(
+            " (the collector requires a client certificate: are uplink.client_cert and uplink.client_key set, and the certificate signed by the collector's server.tls_client_ca and still valid?)",
         );
     }
     text

@@ -213,6 +213,7 @@ fn config(collector: SocketAddr) -> UplinkConfig {
         url: format!("http://{collector}"),
         token: "test-token".into(),
         ca_certs: Default::default(),
+        client_identity: None,
         max_batch_records: 10,
         max_batch_bytes: 1 << 20,
         linger: Duration::from_millis(50),
