@@ -30,6 +30,13 @@ pub struct RefusalLabels {
 
 /// Outcome label of `cloud_sync_envelopes_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `error` (not TLS, no or an untrusted client certificate, a protocol
+    /// error) or `timeout` (silent for the whole handshake time).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `accepted` or `duplicate`.
     pub result: &'static str,
@@ -69,6 +76,7 @@ pub struct Metrics {
     erasures: Counter,
     audit_lines: Counter,
     audit_errors: Counter,
+    tls_handshakes_failed: Family<HandshakeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +142,12 @@ impl Metrics {
             "Time to answer a query API request, by route",
             query_duration.clone(),
         );
+        let tls_handshakes_failed = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "cloud_sync_tls_handshakes_failed",
+            "HTTPS connections dropped before their TLS handshake completed, by reason",
+            tls_handshakes_failed.clone(),
+        );
         let removed = Family::<RemovalLabels, Counter>::default();
         registry.register(
             "cloud_sync_removed",
@@ -171,6 +185,7 @@ impl Metrics {
             erasures,
             audit_lines,
             audit_errors,
+            tls_handshakes_failed,
             batches,
             refused,
             envelopes,
@@ -253,6 +268,11 @@ impl Metrics {
     }
 
     /// The counters the audit writer thread keeps: lines written, lines lost.
+    /// The counter of failed TLS handshakes, for the HTTPS listener.
+    pub fn tls_handshakes_failed(&self) -> Family<HandshakeLabels, Counter> {
+        self.tls_handshakes_failed.clone()
+    }
+
     pub fn audit_counters(&self) -> (Counter, Counter) {
         (self.audit_lines.clone(), self.audit_errors.clone())
     }

@@ -92,11 +92,12 @@ impl Server {
         let stop_retention = shutdown.child_token();
         let retention = tokio::spawn(crate::retention::run(state.clone(), stop_retention.clone()));
         let graceful = shutdown.clone().cancelled_owned();
+        let failed = state.metrics().tls_handshakes_failed();
         let serve = async move {
             match tls {
                 Some(config) => {
                     tracing::info!(addr = %local_addr, "collector listening (https)");
-                    let listener = TlsListener::new(listener, config)?;
+                    let listener = TlsListener::new(listener, config, failed)?;
                     axum::serve(listener, app)
                         .with_graceful_shutdown(graceful)
                         .await

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -30,6 +32,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+use crate::metrics::HandshakeLabels;
 
 /// Time a client has to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,11 +156,16 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener`; handshakes use `config`.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<TlsListener> {
+    /// Starts accepting on `listener`; handshakes use `config`, and each
+    /// one that fails is counted in `failed`.
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        failed: Family<HandshakeLabels, Counter>,
+    ) -> std::io::Result<TlsListener> {
         let local_addr = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+        tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx, failed));
         Ok(TlsListener { ready, local_addr })
     }
 }
@@ -166,6 +174,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    failed: Family<HandshakeLabels, Counter>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
@@ -187,6 +196,7 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let failed = failed.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -195,8 +205,18 @@ async fn accept_loop(
                 }
                 // Scanners, wrong CAs, clients without the certificate
                 // `tls_client_ca` requires, plain HTTP on the TLS port: routine.
-                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                Ok(Err(err)) => {
+                    failed
+                        .get_or_create(&HandshakeLabels { reason: "error" })
+                        .inc();
+                    tracing::debug!(%peer, error = %err, "tls handshake failed");
+                }
+                Err(_) => {
+                    failed
+                        .get_or_create(&HandshakeLabels { reason: "timeout" })
+                        .inc();
+                    tracing::debug!(%peer, "tls handshake timed out");
+                }
             }
         });
     }

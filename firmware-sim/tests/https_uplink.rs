@@ -330,6 +330,22 @@ async fn a_collector_requiring_client_certificates_takes_only_gateways_with_one_
         DEVICES as u64 * READINGS,
         "only gw-mtls's readings arrived"
     );
+    // Every refused handshake is counted.
+    let metrics = reader
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("cloud_sync_tls_handshakes_failed_total{reason=\"error\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no failed handshakes counted:\n{metrics}"));
+    assert!(failed >= 2.0, "{failed} failed handshakes counted");
 
     stop.cancel();
     collector_task.await.unwrap().unwrap();
