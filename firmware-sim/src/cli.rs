@@ -32,7 +32,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Run collector, gateway and a simulated fleet in one process until Ctrl-C.
     Demo(crate::demo::DemoArgs),
-    /// Measure the gateway: ingest, drain, side by side with Mosquitto, or the whole suite.
+    /// Measure the gateway and the collector: ingest, drain, side by side with Mosquitto,
+    /// end-to-end latency, the collector alone, or the whole suite.
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -45,6 +46,10 @@ pub enum BenchCommand {
     Drain(crate::bench::DrainArgs),
     /// The real edge-agent against Mosquitto set up as a store-and-forward buffer, one load generator.
     Compare(crate::bench::CompareArgs),
+    /// Publish-to-queryable latency under a steady fleet load (real edge-agent and cloud-sync).
+    Latency(crate::bench::LatencyArgs),
+    /// The real cloud-sync alone: points/s stored and a day's aggregate query, sled and PostgreSQL.
+    Collector(crate::bench::CollectorArgs),
     /// Every benchmark in turn; writes Markdown and JSON to bench/results/.
     Suite(crate::bench::SuiteArgs),
 }
@@ -145,6 +150,10 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Bench(BenchCommand::Ingest(args)) => crate::bench::ingest(args, shutdown).await,
         Command::Bench(BenchCommand::Drain(args)) => crate::bench::drain(args, shutdown).await,
         Command::Bench(BenchCommand::Compare(args)) => crate::bench::compare(args, shutdown).await,
+        Command::Bench(BenchCommand::Latency(args)) => crate::bench::latency(args, shutdown).await,
+        Command::Bench(BenchCommand::Collector(args)) => {
+            crate::bench::collector(args, shutdown).await
+        }
         Command::Bench(BenchCommand::Suite(args)) => crate::bench::suite(args, shutdown).await,
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! **Architecture Invariant:** `firmware-sim` reaches the broker only over
 //! MQTT and the collector only over its public HTTP API, as real devices and
-//! dashboards do.
+//! dashboards do. (`bench collector` connects to PostgreSQL only to create
+//! and drop the schema its collector works in.)
 
 mod bench;
 pub mod cli;

@@ -175,6 +175,7 @@ pub(super) async fn measure(
     let mut collector = spawn_collector(
         &collector_bin,
         &temp.path().join("cloud"),
+        None,
         collector_addr,
         &token,
         temp.path(),

@@ -196,20 +196,32 @@ pub(super) async fn spawn_agent(
     }
 }
 
+/// Starts `cloud-sync serve` on `listen` with its sled store (and audit
+/// log) in `data_dir`, or with `store` (a PostgreSQL URL) as its store and
+/// only the audit log in `data_dir`.
 pub(super) fn spawn_collector(
     bin: &Path,
     data_dir: &Path,
+    store: Option<&str>,
     listen: SocketAddr,
     token: &str,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
-    let log = log_dir.join("cloud-sync.log");
+    let log = log_dir.join(format!("cloud-sync-{}.log", listen.port()));
     let file = std::fs::File::create(&log)?;
-    let child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .args(["serve", "--listen", &listen.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--token", token])
+        .args(["--token", token]);
+    match store {
+        // The environment rather than argv: a password in the URL stays out of `ps`.
+        Some(url) => command.env("CLOUD_SYNC_STORE", url),
+        // Sled means sled, whatever the caller's environment says.
+        None => command.env_remove("CLOUD_SYNC_STORE"),
+    };
+    let child = command
         .env("RUST_LOG", "warn")
         .stdout(file.try_clone()?)
         .stderr(file)

@@ -4,8 +4,10 @@
 
 use std::fmt::Write;
 
+use super::collector::CollectorReport;
 use super::compare::{IngestRun, Target};
 use super::drain::DrainRun;
+use super::latency::LatencyRun;
 use super::suite::{describe, SuiteReport};
 
 /// `ours / peer` as "1.23×"; "-" when either is missing or the peer is 0.
@@ -169,6 +171,104 @@ pub(super) fn drain_table(runs: &[DrainRun]) -> String {
     out
 }
 
+/// The table of `bench latency`.
+pub(super) fn latency_table(runs: &[LatencyRun]) -> String {
+    let mut out = String::from(
+        "| load readings/s (asked) | load readings/s (acked) | devices | probes seen / sent \
+         | end-to-end p50 ms | p99 ms | max ms | publish to PUBACK p50 ms | p99 ms \
+         | PUBACK to visible p50 ms | p99 ms | poll every ms | poll round trip p50 ms \
+         | uplink batches | upload mean ms | agent backlog max | agent CPU % | collector CPU % | load gen CPU % \
+         | agent peak RSS MiB | collector peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in runs {
+        let percent = |cpu_s: f64| 100.0 * cpu_s / run.window_s.max(0.001);
+        let _ = writeln!(
+            out,
+            "| {:.0} | {:.0} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            run.target_rate,
+            run.load_readings_per_s,
+            run.devices,
+            run.probes_seen,
+            run.probes_sent,
+            num(run.e2e_p50_ms, 0),
+            num(run.e2e_p99_ms, 0),
+            num(run.e2e_max_ms, 0),
+            num(run.puback_p50_ms, 1),
+            num(run.puback_p99_ms, 1),
+            num(run.after_puback_p50_ms, 0),
+            num(run.after_puback_p99_ms, 0),
+            run.poll_every_ms,
+            num(run.query_p50_ms, 1),
+            run.uplink_requests,
+            num(run.uplink_request_mean_ms, 1),
+            run.agent_backlog_max,
+            percent(run.agent_cpu_s),
+            percent(run.collector_cpu_s),
+            percent(run.loadgen_cpu_s),
+            run.agent_peak_rss_mib,
+            run.collector_peak_rss_mib,
+        );
+    }
+    out
+}
+
+/// The tables of `bench collector`: ingest, then the day's query, then
+/// one line per store left out.
+pub(super) fn collector_table(report: &CollectorReport) -> String {
+    if report.runs.is_empty() {
+        return report.skipped.join("\n") + "\n";
+    }
+    let mut out = String::from(
+        "| store | collectors | points | batches × envelopes | devices | requests in flight | seconds | points/s \
+         | batch p50 ms | batch p99 ms | collector CPU s | client CPU s | collector peak RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in &report.runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} × {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
+            run.store.label(),
+            run.collectors,
+            run.points,
+            run.batches,
+            run.batch_envelopes,
+            run.devices,
+            run.concurrency,
+            run.ingest_s,
+            run.points_per_s,
+            num(run.batch_p50_ms, 0),
+            num(run.batch_p99_ms, 0),
+            run.collector_cpu_s,
+            run.client_cpu_s,
+            run.collector_peak_rss_mib,
+        );
+    }
+    out.push_str(
+        "\n| store | day of one device | buckets (step 60 s) | queries | query p50 ms | p99 ms | max ms \
+         | collector CPU ms per query |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for run in &report.runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} readings, one every {} s | {} | {} | {} | {} | {} | {:.1} |",
+            run.store.label(),
+            run.day_points,
+            run.day_every_s,
+            run.buckets,
+            run.queries,
+            num(run.query_p50_ms, 1),
+            num(run.query_p99_ms, 1),
+            num(run.query_max_ms, 1),
+            1e3 * run.query_collector_cpu_s / run.queries.max(1) as f64,
+        );
+    }
+    for line in &report.skipped {
+        let _ = writeln!(out, "\n{line}");
+    }
+    out
+}
+
 /// The whole suite's Markdown.
 pub(super) fn suite_markdown(report: &SuiteReport) -> String {
     let mut out = format!(
@@ -187,6 +287,28 @@ pub(super) fn suite_markdown(report: &SuiteReport) -> String {
             report.settings.drain_devices, report.settings.drain_inflight
         );
         out.push_str(&drain_table(&report.drain));
+        out.push('\n');
+    }
+    if let Some(run) = &report.latency {
+        let _ = writeln!(
+            out,
+            "## End to end: publish to queryable in the collector\n\n\
+             {} devices at {:.0} readings/s in total, QoS 1, through the real edge-agent and cloud-sync \
+             (sled), default uplink settings (linger {:.0} ms); a probe reading every {:.0} ms for {:.0} s, \
+             the collector polled every {:.0} ms.\n",
+            run.devices,
+            run.target_rate,
+            run.linger_ms,
+            run.probe_every_ms,
+            run.window_s,
+            run.poll_every_ms
+        );
+        out.push_str(&latency_table(std::slice::from_ref(run)));
+        let _ = writeln!(out, "\n{}\n", run.dominant());
+    }
+    if let Some(collector) = &report.collector {
+        out.push_str("## Collector: ingest and a day's aggregate query\n\n");
+        out.push_str(&collector_table(collector));
         out.push('\n');
     }
     let w = &report.wire;
@@ -310,6 +432,51 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn collector_tables_have_a_row_per_store_and_say_what_was_skipped() {
+        let run = super::super::collector::CollectorRun {
+            store: super::super::collector::StoreKind::Sled,
+            collectors: 1,
+            points: 200_000,
+            batches: 200,
+            batch_envelopes: 1000,
+            devices: 1000,
+            concurrency: 4,
+            ingest_s: 4.0,
+            points_per_s: 50_000.0,
+            batch_p50_ms: Some(70.0),
+            batch_p99_ms: Some(150.0),
+            collector_cpu_s: 6.0,
+            client_cpu_s: 0.5,
+            collector_peak_rss_mib: 120.0,
+            day_points: 8640,
+            day_every_s: 10.0,
+            buckets: 1440,
+            queries: 100,
+            query_p50_ms: Some(12.0),
+            query_p99_ms: Some(20.0),
+            query_max_ms: Some(25.0),
+            query_collector_cpu_s: 1.0,
+        };
+        let text = collector_table(&CollectorReport {
+            runs: vec![run],
+            skipped: vec!["PostgreSQL skipped: no server at x".to_owned()],
+        });
+        assert!(
+            text.contains("| sled | 1 | 200000 | 200 × 1000 | 1000 | 4 | 4.0 | 50000 | 70 | 150 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| sled | 8640 readings, one every 10 s | 1440 | 100 | 12.0 | 20.0 | 25.0 | 10.0 |"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .trim_end()
+            .ends_with("PostgreSQL skipped: no server at x"));
     }
 
     #[test]

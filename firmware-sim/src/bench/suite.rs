@@ -8,7 +8,12 @@
 //!    same four: latency, memory and CPU at equal work.
 //! 4. Drain: a backlog spooled with the collector down, then caught up
 //!    ([`super::drain`]), with a plain spool and with an encrypted one.
-//! 5. Bytes per reading on the wire ([`super::bytes`]) and on disk.
+//! 5. End to end (issue 7's scenario 5): publish to queryable in the
+//!    collector under a steady 10,000 readings/s ([`super::latency`]).
+//! 6. The collector alone (scenario 7): points/s stored and a day's
+//!    aggregate query, on sled and, when a server answers, PostgreSQL
+//!    ([`super::collector`]).
+//! 7. Bytes per reading on the wire ([`super::bytes`]) and on disk.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -21,8 +26,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::bytes::{wire_bytes, WireBytes};
+use super::collector::{CollectorArgs, CollectorReport, StoreKind};
 use super::compare::{run_targets, IngestRun, Load, Target};
 use super::drain::{DrainArgs, DrainRun};
+use super::latency::{LatencyArgs, LatencyRun};
 use super::procs::load_average;
 use super::report;
 
@@ -55,6 +62,32 @@ pub struct SuiteArgs {
     /// Readings per second per device of the fixed-load run.
     #[arg(long, default_value_t = 10.0)]
     pub fixed_rate: f64,
+    /// Probing time of the end-to-end latency run (after a 3 s warm-up); 0 skips it.
+    #[arg(long, default_value = "15s")]
+    pub latency_duration: humantime::Duration,
+    /// Readings per second of the whole fleet in the latency run.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub latency_rate: f64,
+    /// Points posted to each store in the collector run; 0 skips the collector run.
+    #[arg(long, default_value_t = 200_000)]
+    pub collector_points: u64,
+    /// Aggregate queries over the day, per store, in the collector run.
+    #[arg(long, default_value_t = 100)]
+    pub collector_queries: usize,
+    /// Time between two readings of the collector run's day-long series.
+    #[arg(long, default_value = "10s")]
+    pub collector_day_every: humantime::Duration,
+    /// Stores of the collector run, comma-separated (PostgreSQL is skipped when no server answers).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StoreKind::Sled, StoreKind::Postgres])]
+    pub collector_stores: Vec<StoreKind>,
+    /// PostgreSQL server of the collector run; it works in a schema of its own and drops it.
+    #[arg(
+        long,
+        env = "CLOUD_SYNC_TEST_POSTGRES",
+        default_value = super::postgres::DEFAULT_URL,
+        hide_env_values = true
+    )]
+    pub postgres: String,
     /// Where spools and Mosquitto databases go (default: the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
@@ -71,6 +104,10 @@ pub struct SuiteReport {
     pub ingest: Vec<IngestRun>,
     /// The drain with a plain spool, then with an encrypted one.
     pub drain: Vec<DrainRun>,
+    /// End to end, publish to queryable; `None` when skipped.
+    pub latency: Option<LatencyRun>,
+    /// The collector alone; `None` when skipped.
+    pub collector: Option<CollectorReport>,
     pub wire: WireBytes,
 }
 
@@ -95,11 +132,21 @@ pub struct Settings {
     pub drain_readings: u64,
     pub drain_devices: usize,
     pub drain_inflight: u16,
+    /// The latency run: fleet rate in total, devices, probing time.
+    pub latency_rate: f64,
+    pub latency_devices: usize,
+    pub latency_duration_s: f64,
+    /// The collector run: points per store, queries, the day's spacing.
+    pub collector_points: u64,
+    pub collector_queries: usize,
+    pub collector_day_every_s: f64,
 }
 
 /// Devices and inflight of the drain run: the `bench drain` defaults.
 const DRAIN_DEVICES: usize = 100;
 const DRAIN_INFLIGHT: u16 = 100;
+/// Devices of the latency run: the `bench latency` default.
+const LATENCY_DEVICES: usize = 100;
 /// Readings per upload batch: the uplink's default `max_batch_records`.
 const BATCH_RECORDS: usize = 1000;
 
@@ -168,6 +215,38 @@ pub async fn suite(args: SuiteArgs, shutdown: CancellationToken) -> anyhow::Resu
         };
         drain.push(super::drain::measure(drain_args, shutdown.clone()).await?);
     }
+    let latency_duration = Duration::from(args.latency_duration);
+    let latency = if latency_duration.is_zero() {
+        None
+    } else {
+        let latency_args = LatencyArgs {
+            rate: args.latency_rate,
+            devices: LATENCY_DEVICES,
+            duration: latency_duration.into(),
+            warmup: Duration::from_secs(3).into(),
+            probe_every: Duration::from_millis(100).into(),
+            poll_every: Duration::from_millis(5).into(),
+            payload_bytes: Some(args.payload_bytes),
+        };
+        Some(super::latency::measure(latency_args, shutdown.clone()).await?)
+    };
+    let collector = if args.collector_points == 0 {
+        None
+    } else {
+        let collector_args = CollectorArgs {
+            points: args.collector_points,
+            batch: BATCH_RECORDS,
+            devices: 1000,
+            concurrency: 4,
+            postgres_collectors: 1,
+            day_every: args.collector_day_every,
+            queries: args.collector_queries,
+            stores: args.collector_stores.clone(),
+            postgres: args.postgres.clone(),
+            payload_bytes: Some(args.payload_bytes),
+        };
+        Some(super::collector::measure(collector_args, shutdown.clone()).await?)
+    };
     let wire = wire_bytes(args.payload_bytes, DRAIN_DEVICES, BATCH_RECORDS);
     machine.load_average_end = load_average();
 
@@ -183,9 +262,17 @@ pub async fn suite(args: SuiteArgs, shutdown: CancellationToken) -> anyhow::Resu
             drain_readings: args.drain_readings,
             drain_devices: DRAIN_DEVICES,
             drain_inflight: DRAIN_INFLIGHT,
+            latency_rate: args.latency_rate,
+            latency_devices: LATENCY_DEVICES,
+            latency_duration_s: latency_duration.as_secs_f64(),
+            collector_points: args.collector_points,
+            collector_queries: args.collector_queries,
+            collector_day_every_s: Duration::from(args.collector_day_every).as_secs_f64(),
         },
         ingest,
         drain,
+        latency,
+        collector,
         wire,
     };
     let stem = args.out_dir.join(file_stem(now));
