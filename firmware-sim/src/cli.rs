@@ -50,6 +50,8 @@ pub enum BenchCommand {
     Latency(crate::bench::LatencyArgs),
     /// The real cloud-sync alone: points/s stored and a day's aggregate query, sled and PostgreSQL.
     Collector(crate::bench::CollectorArgs),
+    /// Forwarding to HTTP against Mosquitto + a Node-RED flow: delivered/s and loss while the receiver is down.
+    Forward(crate::bench::ForwardArgs),
     /// Every benchmark in turn; writes Markdown and JSON to bench/results/.
     Suite(crate::bench::SuiteArgs),
 }
@@ -154,6 +156,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Bench(BenchCommand::Collector(args)) => {
             crate::bench::collector(args, shutdown).await
         }
+        Command::Bench(BenchCommand::Forward(args)) => crate::bench::forward(args, shutdown).await,
         Command::Bench(BenchCommand::Suite(args)) => crate::bench::suite(args, shutdown).await,
     }
 }

@@ -29,6 +29,8 @@ const DEVICES_FILTER: &str = "devices/#";
 const STORE_COUNT_TOPIC: &str = "$SYS/broker/store/messages/count";
 /// `$SYS` topic with the number of PUBLISH packets received from clients.
 const RECEIVED_TOPIC: &str = "$SYS/broker/publish/messages/received";
+/// `$SYS` topic with the number of publishes dropped (queue limits of a slow subscriber).
+const DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
 /// How long a retained `$SYS` value may be superseded: `sys_interval` and a half.
 const SYS_FRESH: Duration = Duration::from_millis(1500);
 /// A persistent database of a million messages takes a few seconds to save
@@ -148,6 +150,13 @@ impl Mosquitto {
     /// from `$SYS` as [`Mosquitto::stored_messages`] reads it.
     pub(super) async fn received_publishes(&self) -> anyhow::Result<u64> {
         self.sys_count(RECEIVED_TOPIC).await
+    }
+
+    /// Publishes Mosquitto has dropped since it started (a subscriber's
+    /// inflight window and `max_queued_messages` were full), from `$SYS` as
+    /// [`Mosquitto::stored_messages`] reads it.
+    pub(super) async fn dropped_publishes(&self) -> anyhow::Result<u64> {
+        self.sys_count(DROPPED_TOPIC).await
     }
 
     /// A counter under `$SYS`, fresh within a `sys_interval`.
