@@ -271,8 +271,14 @@ impl Collector {
         // spawn_collector truncates its log; each start gets its own folder.
         let log_dir = self.dir.join(format!("collector-{}", self.starts));
         std::fs::create_dir_all(&log_dir)?;
-        let mut proc =
-            spawn_collector(&self.bin, &self.data_dir, self.addr, &self.token, &log_dir)?;
+        let mut proc = spawn_collector(
+            &self.bin,
+            &self.data_dir,
+            None,
+            self.addr,
+            &self.token,
+            &log_dir,
+        )?;
         wait_ready(&self.http, &mut proc, self.addr).await?;
         self.proc = Some(proc);
         Ok(())
