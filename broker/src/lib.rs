@@ -9,6 +9,8 @@
 mod auth;
 mod codec;
 mod metrics;
+#[doc(hidden)]
+pub mod replay;
 mod server;
 mod sink;
 mod tls;

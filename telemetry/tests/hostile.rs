@@ -1,7 +1,8 @@
 //! Bytes from outside, random or damaged: every decoder answers with a
 //! value or an error, never a panic, and the well-formedness check agrees
-//! with the decoders it guards. (A property-test stand-in for fuzzing; the
-//! RFC 8949 Appendix F vectors are in `rfc8949_vectors.rs`.)
+//! with the decoders it guards. (Runs on stable with every test run; the
+//! cargo-fuzz targets in `fuzz/` go further. The RFC 8949 Appendix F
+//! vectors are in `rfc8949_vectors.rs`.)
 
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! Property tests for the codecs: SenML packs from `encode_pack` resolve as a
-//! simple reference model of RFC 8428 §4.5/§4.6 says, `SyncBatch` survives
-//! its wire form, and no input makes the well-formedness check or the
+//! simple reference model of RFC 8428 §4.5/§4.6 says and resolved packs
+//! encode back to themselves, `SyncBatch` and `Envelope` survive their wire
+//! form, and no input makes the well-formedness check or the
 //! payload decoder panic, while well-formed CBOR within the depth limit
 //! is always accepted.
 
@@ -8,7 +9,9 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
 use serde_cbor::Value as Cbor;
-use telemetry::senml::{decode_pack, encode_pack, NotSenml, RawRecord, Record, Value};
+use telemetry::senml::{
+    decode_pack, encode_pack, NotSenml, RawRecord, Record, Value, RELATIVE_TIME_LIMIT,
+};
 use telemetry::{
     check_well_formed, decode_batch, decode_payload, encode_batch, CborError, Envelope, Limits,
     SyncBatch,
@@ -208,6 +211,30 @@ proptest! {
         }
         prop_assert_eq!(decode_pack(&encode_pack(&raws), NOW), expected);
     }
+
+    #[test]
+    fn resolved_packs_encode_and_decode_as_themselves(raws in vec(raw_record(), 1..8)) {
+        // decode → encode → decode: resolved records written back with
+        // absolute times and no base fields resolve to the same records.
+        let Ok(records) = decode_pack(&encode_pack(&raws), NOW) else {
+            return Ok(());
+        };
+        // The time strategy keeps resolved times at or past 2^28, so every
+        // one stays absolute when written back.
+        prop_assert!(records.iter().all(|r| r.time >= RELATIVE_TIME_LIMIT));
+        let written: Vec<RawRecord> = records
+            .iter()
+            .map(|r| RawRecord {
+                name: Some(r.name.clone()),
+                time: Some(r.time),
+                unit: r.unit.clone(),
+                value: r.value.clone(),
+                sum: r.sum,
+                ..RawRecord::default()
+            })
+            .collect();
+        prop_assert_eq!(decode_pack(&encode_pack(&written), NOW), Ok(records));
+    }
 }
 
 // ---------------------------------------------------------------- SyncBatch
@@ -253,6 +280,17 @@ proptest! {
         prop_assert_eq!(decode_batch(&bytes).expect("own encoding decodes"), batch);
         // The wire form is itself one well-formed CBOR item.
         prop_assert_eq!(check_well_formed(&bytes, 4), Ok(()));
+    }
+
+    #[test]
+    fn envelopes_survive_the_wire(envelope in envelope()) {
+        // An envelope alone is what the spool's blocks hold a list of.
+        let bytes = serde_cbor::to_vec(&envelope).expect("an envelope always serializes");
+        let again: Envelope = serde_cbor::from_slice(&bytes).expect("own encoding decodes");
+        prop_assert_eq!(&again, &envelope);
+        // One canonical form, one level deep (the payload is a byte string).
+        prop_assert_eq!(serde_cbor::to_vec(&again).expect("serializes"), bytes.clone());
+        prop_assert_eq!(check_well_formed(&bytes, 1), Ok(()));
     }
 
     #[test]
