@@ -368,18 +368,8 @@ pub fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
                 anyhow::bail!("erase deletes {device}'s readings for good; add --yes to confirm");
             }
             let (dir, options) = offline.run.load()?.spool.validate()?;
-            let erasure =
-                crate::spool::erase_device(&dir, &device, &options.keys).map_err(|err| {
-                    if err.to_string().contains("could not acquire lock") {
-                        anyhow::anyhow!(
-                            "the spool at {} is in use: stop the agent first",
-                            dir.display()
-                        )
-                    } else {
-                        anyhow::Error::new(err)
-                            .context(format!("cannot erase from the spool at {}", dir.display()))
-                    }
-                })?;
+            let erasure = crate::spool::erase_device(&dir, &device, &options.keys)
+                .map_err(|err| crate::offline::explain(err, &dir, "erase from"))?;
             crate::audit::record(
                 &offline.run,
                 "spool.erase",

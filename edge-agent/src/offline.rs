@@ -11,23 +11,28 @@ use serde::Serialize;
 use telemetry::{decode_payload, Decoded, Envelope, Limits, Value};
 
 use crate::metrics::SpoolMetrics;
-use crate::spool::{Spool, SpoolOptions};
+use crate::spool::{Spool, SpoolError, SpoolOptions};
 
 /// Opens the spool for an offline command, with a clear message if the agent has it.
 pub fn open(dir: &Path, options: SpoolOptions) -> anyhow::Result<Spool> {
     if !dir.exists() {
         bail!("no spool at {}", dir.display());
     }
-    Spool::open(dir, options, SpoolMetrics::default()).map_err(|err| {
-        if err.to_string().contains("could not acquire lock") {
-            anyhow::anyhow!(
-                "the spool at {} is in use: stop the agent first",
-                dir.display()
-            )
-        } else {
-            anyhow::Error::new(err).context(format!("cannot open the spool at {}", dir.display()))
-        }
-    })
+    Spool::open(dir, options, SpoolMetrics::default()).map_err(|err| explain(err, dir, "open"))
+}
+
+/// A spool error for an offline command: "stop the agent first" when the
+/// running agent holds sled's lock, else the error with what was tried
+/// (`what`: "open", "erase from").
+pub fn explain(err: SpoolError, dir: &Path, what: &str) -> anyhow::Error {
+    if err.to_string().contains("could not acquire lock") {
+        anyhow::anyhow!(
+            "the spool at {} is in use: stop the agent first",
+            dir.display()
+        )
+    } else {
+        anyhow::Error::new(err).context(format!("cannot {what} the spool at {}", dir.display()))
+    }
 }
 
 /// One reading as the CLI shows it.

@@ -79,7 +79,7 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
             "no spool here",
         )));
     }
-    seal::check(dir, keys).map_err(|err| SpoolError::Key {
+    let sealed_with = seal::check(dir, keys).map_err(|err| SpoolError::Key {
         path: dir.to_path_buf(),
         reason: err.to_string(),
     })?;
@@ -130,11 +130,7 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
         }
     }
     // Rewritten blocks are sealed with the current key: the copy must list it.
-    let listed = seal::check(&copy_dir, keys).map_err(|err| SpoolError::Key {
-        path: copy_dir.clone(),
-        reason: err.to_string(),
-    })?;
-    seal::record_current(&copy_dir, keys, &listed).map_err(io)?;
+    seal::record_current(&copy_dir, keys, &sealed_with).map_err(io)?;
     let old_dir = sibling(dir, ".erase-old");
     std::fs::rename(dir, &old_dir).map_err(io)?;
     std::fs::rename(&copy_dir, dir).map_err(io)?;
