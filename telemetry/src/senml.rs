@@ -298,6 +298,22 @@ fn number(value: &Cbor) -> Option<f64> {
     }
 }
 
+/// A resolved record written back as it resolved: absolute time, no base
+/// fields. Decoding it again gives the same record whenever its time is
+/// absolute (at or past 2^28 s, RFC 8428 §4.5.3).
+impl From<&Record> for RawRecord {
+    fn from(record: &Record) -> RawRecord {
+        RawRecord {
+            name: Some(record.name.clone()),
+            time: Some(record.time),
+            unit: record.unit.clone(),
+            value: record.value.clone(),
+            sum: record.sum,
+            ..RawRecord::default()
+        }
+    }
+}
+
 /// Encodes records as a SenML-CBOR pack with integer labels.
 pub fn encode_pack(records: &[RawRecord]) -> Vec<u8> {
     let pack: Vec<Cbor> = records.iter().map(|r| Cbor::Map(raw_to_map(r))).collect();

@@ -224,14 +224,7 @@ proptest! {
         prop_assert!(records.iter().all(|r| r.time >= RELATIVE_TIME_LIMIT));
         let written: Vec<RawRecord> = records
             .iter()
-            .map(|r| RawRecord {
-                name: Some(r.name.clone()),
-                time: Some(r.time),
-                unit: r.unit.clone(),
-                value: r.value.clone(),
-                sum: r.sum,
-                ..RawRecord::default()
-            })
+            .map(RawRecord::from)
             .collect();
         prop_assert_eq!(decode_pack(&encode_pack(&written), NOW), Ok(records));
     }

@@ -77,17 +77,7 @@ fn resolved_records_hold(records: &[Record], now: f64) {
     if records.iter().any(|r| r.time < RELATIVE_TIME_LIMIT) {
         return;
     }
-    let raws: Vec<RawRecord> = records
-        .iter()
-        .map(|r| RawRecord {
-            name: Some(r.name.clone()),
-            time: Some(r.time),
-            unit: r.unit.clone(),
-            value: r.value.clone(),
-            sum: r.sum,
-            ..RawRecord::default()
-        })
-        .collect();
+    let raws: Vec<RawRecord> = records.iter().map(RawRecord::from).collect();
     let again = decode_pack(&encode_pack(&raws), now);
     assert_eq!(
         again.as_deref(),
