@@ -78,21 +78,7 @@ async fn a_dropped_state_releases_the_store() {
         )
         .await;
     }
-    // sled's flusher thread lets go of the file lock a moment after the
-    // drop returns (it drops its handle as it exits), so a loaded machine
-    // may need a few tries; a store that is never released fails here.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let state = loop {
-        match cloud_sync::AppState::open(&config(dir.path())).await {
-            Ok(state) => break state,
-            Err(err) if std::time::Instant::now() < deadline => {
-                assert!(err.to_string().contains("lock"), "{err}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("the store was not released: {err}"),
-        }
-    };
-    let router = cloud_sync::router(state);
+    let (router, _) = app(dir.path()).await;
     let points = get_ok(&router, "/v1/devices/d/points?name=t").await;
     assert_eq!(points["points"].as_array().unwrap().len(), 1);
 }

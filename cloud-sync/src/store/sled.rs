@@ -155,6 +155,27 @@ struct GatewayRecord {
     duplicates: u64,
 }
 
+/// Opens the sled database, waiting up to a second for its file lock.
+///
+/// A handle dropped a moment ago in this process (a restart in place, a
+/// test reopening its store) lets go of the lock only when sled's flusher
+/// thread exits, shortly after the drop returns; another process that
+/// holds the lock still fails the open, a second later.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(err)
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn backend(err: sled::Error) -> StoreError {
     StoreError::Backend(Box::new(err))
 }
@@ -179,7 +200,7 @@ impl SledStore {
     /// Opens (or creates) the store in `path`. Fails when another process
     /// holds it or when it was written with another schema version.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(backend)?;
+        let db = open_db(path).map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
         match meta.get(SCHEMA_KEY).map_err(backend)? {
             Some(found) => {

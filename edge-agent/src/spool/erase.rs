@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::block;
 use super::seal::{self, KeyRing};
-use super::store::{sled_config, SpoolError};
+use super::store::{open_sled, sled_config, SpoolError};
 
 /// What an erasure removed and what it could not look into.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,7 +89,7 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
     }
     let mut erasure = Erasure::default();
     {
-        let old = sled_config(dir).open().map_err(storage)?;
+        let old = open_sled(dir).map_err(storage)?;
         let new = sled_config(&copy_dir).open().map_err(storage)?;
         for name in old.tree_names() {
             let from = old.open_tree(&name).map_err(storage)?;

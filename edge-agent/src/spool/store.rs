@@ -225,21 +225,30 @@ impl Files {
                 let _ = done_rx.recv_timeout(Duration::from_secs(1));
             }
         }
-        let mut attempt = 0;
-        let db = loop {
-            match sled_config(&self.path).open() {
-                Ok(db) => break db,
-                Err(err) if attempt < 20 => {
-                    attempt += 1;
-                    tracing::debug!(error = %err, attempt, "spool reopen retry");
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        let trees = Trees::open(db)?;
+        let trees = Trees::open(open_sled(&self.path)?)?;
         *self.trees.write().expect("spool files lock") = Some(trees);
         Ok(())
+    }
+}
+
+/// Opens the spool's sled database, waiting up to a second for its file
+/// lock: a handle dropped a moment ago in this process (a reopen after a
+/// failed write, an offline command right after a close) lets go of the
+/// lock only when sled's flusher thread exits, shortly after the drop. A
+/// lock held by another process (a running agent) still fails, a second
+/// later.
+pub(super) fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match sled_config(dir).open() {
+            Err(err)
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -333,7 +342,7 @@ impl Spool {
             std::io::ErrorKind::InvalidData => corrupt(err.to_string()),
             _ => storage(sled::Error::Io(err)),
         })?;
-        let db = sled_config(dir).open().map_err(opening)?;
+        let db = open_sled(dir).map_err(opening)?;
         let trees = Trees::open(db).map_err(opening)?;
 
         let spool_id = match trees.meta.get(SPOOL_ID).map_err(storage)? {
