@@ -244,7 +244,9 @@ fn devices_are_managed_without_storing_passwords() {
     let generated = stdout.trim().rsplit(' ').next().unwrap().to_string();
     assert_eq!(generated.len(), 36, "{stdout}");
 
+    let audit = dir.path().join("edge-audit.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .env("EDGE_AGENT_AUDIT_FILE", &audit)
         .args(["devices", "add", "dev-2", "--devices-file", file_arg])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! The sled spool on real files in a temp dir: ordering, durability
+//! The spool on real files in a temp dir: ordering, durability
 //! watermark, acknowledgement trimming, reopening, dead letters, and a
 //! proptest model against an in-memory reference.
 
@@ -148,10 +148,7 @@ fn many_submitters_share_group_commits() {
     let all = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
     assert_eq!(all.len(), 1600);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    spool.close().unwrap();
-    drop(spool);
-    let db = sled::open(dir.path()).unwrap();
-    let blocks = db.open_tree("queue").unwrap().len();
+    let blocks = spool.inspect().unwrap().blocks;
     assert!(
         blocks < 1600,
         "{blocks} blocks for 1600 readings: no group commit"
@@ -408,4 +405,56 @@ fn recover_salvages_undelivered_readings_into_the_live_spool() {
         .map(|e| e.payload[0])
         .collect();
     assert_eq!(payloads, (10..50u8).collect::<Vec<_>>());
+}
+
+#[test]
+fn damage_inside_a_segment_costs_only_the_blocks_it_touches() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        max_block_records: 10,
+        ..SpoolOptions::default()
+    };
+    {
+        let spool = Spool::open(dir.path(), options.clone(), SpoolMetrics::default()).unwrap();
+        for chunk in 0..10u8 {
+            let tickets: Vec<_> = (0..10u8)
+                .map(|i| submit(&spool, "d", &[chunk * 10 + i]))
+                .collect();
+            wait(&spool, *tickets.last().unwrap());
+        }
+        spool.close().unwrap();
+    }
+    let segment = std::fs::read_dir(dir.path().join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 8].copy_from_slice(&[0x5a; 8]);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let metrics = SpoolMetrics::default();
+    let spool = Spool::open(dir.path(), options, metrics.clone()).unwrap();
+    let left = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    assert!(
+        (80..100).contains(&left.len()),
+        "{} of 100 readings left",
+        left.len()
+    );
+    assert!(left.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        left.last().unwrap().payload[0],
+        99,
+        "the readings after the damage are kept"
+    );
+    assert!(metrics.corrupt_blocks.get() >= 1);
+    assert!(spool.inspect().unwrap().corrupt_blocks >= 1);
+    // Read again: the damage is not reported twice.
+    let again = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(again.len(), left.len());
+    assert_eq!(
+        metrics.corrupt_blocks.get(),
+        spool.inspect().unwrap().corrupt_blocks
+    );
 }

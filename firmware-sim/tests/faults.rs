@@ -685,7 +685,6 @@ async fn spool_outgrowing_its_disk_in_an_outage_stops_cleanly_and_drains() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sled 0.34 limit: when another process takes the last byte while a group commit is being written, sled can leave a log it then reads as corrupt, and the writer retries the reopen forever; see docs/guarantees.md#gaps"]
 async fn full_disk_under_heavy_load_recovers_and_keeps_the_spool() {
     let dir = tempfile::tempdir().unwrap();
     let Some((_tmpfs, mount_point)) = full_disk_mount(dir.path(), "64m") else {
@@ -695,8 +694,8 @@ async fn full_disk_under_heavy_load_recovers_and_keeps_the_spool() {
     let mut agent = AgentProcess::start("gw-heavy", &mount_point.join("spool"), &collector.url());
     let spool_id = agent.spool_id.clone();
 
-    // Flat out: group commits of hundreds of readings, which sled keeps as
-    // separate blob files.
+    // Flat out: group commits of hundreds of readings, each appended to a
+    // segment and synced; another process then takes the last byte.
     let stop = CancellationToken::new();
     let mut config = fleet(agent.spec.mqtt, "heavy-", 10, 0.0);
     config.inflight = 100;

@@ -1,8 +1,9 @@
 //! Erasure of one device from a spool (`edge-agent spool erase --device`):
 //! the spool is copied without that device's readings and dead letters into
-//! a fresh sled directory, which then replaces the old one. Deleting in
-//! place would leave the old values in sled's log segments until some later
-//! compaction; a copy leaves nothing of the device in any file that remains.
+//! a fresh directory (new segment files, a new sled database), which then
+//! replaces the old one. Deleting in place would leave the old values in
+//! segment files and sled's log until some later trim or compaction; a copy
+//! leaves nothing of the device in any file that remains.
 //!
 //! ```text
 //! <dir>.erasing    the copy being made (removed if a previous run died)
@@ -22,7 +23,8 @@ use serde::Serialize;
 
 use super::block;
 use super::seal::{self, KeyRing};
-use super::store::{open_sled, sled_config, SpoolError};
+use super::segments::{self, Item, Next, Queue};
+use super::store::{import_sled_queue, open_sled, sled_config, SpoolError, NEXT_SEQ};
 
 /// What an erasure removed and what it could not look into.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,15 +92,22 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
     let mut erasure = Erasure::default();
     {
         let old = open_sled(dir).map_err(storage)?;
+        import_sled_queue(&old, dir).map_err(io)?;
         let new = sled_config(&copy_dir).open().map_err(storage)?;
+        let next_seq = copy_queue(dir, &copy_dir, &new, device_id, keys, &mut erasure).map_err(
+            |e| match e {
+                CopyError::Io(e) => io(e),
+                CopyError::Sled(e) => storage(e),
+            },
+        )?;
         for name in old.tree_names() {
             let from = old.open_tree(&name).map_err(storage)?;
             let to = new.open_tree(&name).map_err(storage)?;
             for entry in from.iter() {
                 let (key, value) = entry.map_err(storage)?;
                 let kept = match name.as_ref() {
-                    b"queue" | b"corrupt_blocks" => {
-                        filter_block(&value, device_id, keys, &mut erasure)
+                    b"corrupt_blocks" => {
+                        filter_block(&value, device_id, keys, &mut erasure).map(|(_, bytes)| bytes)
                     }
                     b"dead_letters" => match block::decode_dead_letter(&value, keys) {
                         Ok(letter) if letter.envelope.device_id == device_id => {
@@ -118,6 +127,15 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
                 }
             }
         }
+        // Seqs stay unique even if the erased readings were the newest.
+        let meta = new.open_tree("meta").map_err(storage)?;
+        let stored = meta
+            .get(NEXT_SEQ)
+            .map_err(storage)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        meta.insert(NEXT_SEQ, &stored.max(next_seq).to_be_bytes())
+            .map_err(storage)?;
         new.flush().map_err(storage)?;
     }
     for file in ["durable-seq", "sealing"] {
@@ -143,18 +161,90 @@ pub fn erase_device(dir: &Path, device_id: &str, keys: &KeyRing) -> Result<Erasu
     Ok(erasure)
 }
 
-/// The block without the device's readings, `None` when nothing is left.
+enum CopyError {
+    Io(std::io::Error),
+    Sled(sled::Error),
+}
+
+/// Copies the queue of the spool in `dir` into new segments in `copy_dir`
+/// without the device's readings; damaged ranges go to the copy's
+/// `corrupt_blocks`, as they are. Returns the old queue's next seq.
+fn copy_queue(
+    dir: &Path,
+    copy_dir: &Path,
+    copy: &sled::Db,
+    device_id: &str,
+    keys: &KeyRing,
+    erasure: &mut Erasure,
+) -> Result<u64, CopyError> {
+    let (queue, opened) = Queue::open(dir).map_err(CopyError::Io)?;
+    let corrupt = copy.open_tree("corrupt_blocks").map_err(CopyError::Sled)?;
+    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut size = 0;
+    let mut failed = None;
+    queue
+        .visit(0, |item| {
+            let step = match item {
+                Item::Block {
+                    first_seq, bytes, ..
+                } => match filter_block(bytes, device_id, keys, erasure) {
+                    Some((first, kept)) => {
+                        size += kept.len();
+                        chunk.push((first.unwrap_or(first_seq), kept));
+                        if size < segments::IMPORT_CHUNK_BYTES {
+                            Ok(())
+                        } else {
+                            size = 0;
+                            segments::write_segment(copy_dir, &std::mem::take(&mut chunk))
+                                .map_err(CopyError::Io)
+                        }
+                    }
+                    None => Ok(()),
+                },
+                Item::Damaged {
+                    segment,
+                    offset,
+                    bytes,
+                } => {
+                    erasure.unreadable += 1;
+                    queue.mark_damaged(segment, offset, offset + bytes.len() as u64);
+                    let mut key = segment.to_be_bytes().to_vec();
+                    key.extend_from_slice(&offset.to_be_bytes());
+                    corrupt
+                        .insert(key, bytes)
+                        .map(|_| ())
+                        .map_err(CopyError::Sled)
+                }
+            };
+            match step {
+                Ok(()) => Next::Continue,
+                Err(err) => {
+                    failed = Some(err);
+                    Next::Stop
+                }
+            }
+        })
+        .map_err(CopyError::Io)?;
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    segments::write_segment(copy_dir, &chunk).map_err(CopyError::Io)?;
+    Ok(opened.next_seq)
+}
+
+/// The block without the device's readings (with its first seq if it was
+/// rewritten), `None` when nothing is left.
 fn filter_block(
     value: &[u8],
     device_id: &str,
     keys: &KeyRing,
     erasure: &mut Erasure,
-) -> Option<Vec<u8>> {
+) -> Option<(Option<u64>, Vec<u8>)> {
     let envelopes = match block::decode(value, keys) {
         Ok(envelopes) => envelopes,
         Err(_) => {
             erasure.unreadable += 1;
-            return Some(value.to_vec());
+            return Some((None, value.to_vec()));
         }
     };
     let before = envelopes.len();
@@ -165,14 +255,14 @@ fn filter_block(
     let removed = (before - rest.len()) as u64;
     erasure.readings += removed;
     match (removed, rest.is_empty()) {
-        (0, _) => Some(value.to_vec()),
+        (0, _) => Some((None, value.to_vec())),
         (_, true) => {
             erasure.blocks_removed += 1;
             None
         }
         (_, false) => {
             erasure.blocks_rewritten += 1;
-            Some(block::encode(&rest, keys))
+            Some((Some(rest[0].seq), block::encode(&rest, keys)))
         }
     }
 }

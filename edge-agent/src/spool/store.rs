@@ -12,8 +12,9 @@ use broker::{Incoming, IngestSink, SinkError, Ticket};
 use telemetry::Envelope;
 use tokio::sync::watch;
 
-use super::block::{self, BlockError, DeadLetter};
+use super::block::{self, DeadLetter};
 use super::seal::{self, KeyRing, SealError};
+use super::segments::{self, Next, Queue};
 use super::watermark::{self, Watermark};
 use super::writer::{self, DiskGuard, Durability, Item, Writer, WriterConfig};
 use crate::metrics::SpoolMetrics;
@@ -128,14 +129,15 @@ pub struct SpoolReport {
     pub corrupt_blocks: u64,
 }
 
-/// sled handles the writer needs.
+/// sled handles: everything but the queue itself, which is in segment
+/// files (segments.rs).
 #[derive(Clone)]
 pub(super) struct Trees {
     pub db: sled::Db,
-    pub queue: sled::Tree,
     pub meta: sled::Tree,
     pub dead_letters: sled::Tree,
-    /// Blocks that stopped decoding, kept for `spool recover` and forensics.
+    /// Blocks (or damaged ranges of segments) that stopped decoding, kept
+    /// for `spool recover` and forensics; key = segment name ++ offset.
     pub corrupt: sled::Tree,
 }
 
@@ -147,7 +149,7 @@ pub(super) struct Counters {
     /// Readings stored with a seq above `acked_seq`. Approximate only when
     /// a full spool drops a block the uplink is sending at that moment.
     pub pending: AtomicU64,
-    /// Bytes of the blocks in the queue.
+    /// Bytes of the queue's segment files.
     pub bytes: AtomicU64,
 }
 
@@ -157,14 +159,6 @@ impl Counters {
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                 Some(p.saturating_sub(n))
-            });
-    }
-
-    pub fn sub_bytes(&self, n: u64) {
-        let _ = self
-            .bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                Some(b.saturating_sub(n))
             });
     }
 }
@@ -252,6 +246,81 @@ pub(super) fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
+/// Largest segment file of the queue; smaller when `max_bytes` is small,
+/// so that drop-oldest frees room in steps of a sixteenth of it.
+const MAX_SEGMENT_BYTES: u64 = segments::IMPORT_CHUNK_BYTES as u64;
+
+/// Moves the blocks of a spool written before the queue left sled (its
+/// tree `queue`) into segment files, then drops the tree. A crash half way
+/// repeats the import next time: segments already written are kept as they
+/// are (see [`segments::write_segment`]).
+pub(super) fn import_sled_queue(db: &sled::Db, dir: &Path) -> std::io::Result<()> {
+    if !db.tree_names().iter().any(|name| name.as_ref() == b"queue") {
+        return Ok(());
+    }
+    let tree = db.open_tree("queue")?;
+    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut size = 0;
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        let first_seq = key
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "queue key is not 8 bytes")
+            })?;
+        size += value.len() as u64;
+        chunk.push((first_seq, value.to_vec()));
+        if size >= MAX_SEGMENT_BYTES {
+            segments::write_segment(dir, &chunk)?;
+            chunk.clear();
+            size = 0;
+        }
+    }
+    segments::write_segment(dir, &chunk)?;
+    drop(tree);
+    db.drop_tree("queue")?;
+    db.flush()?;
+    Ok(())
+}
+
+/// Readings in the queue with a seq above `acked`: exact, by decoding the
+/// blocks of the one segment the acknowledgement stopped inside.
+fn count_unacked(queue: &Queue, acked: u64, keys: &KeyRing) -> std::io::Result<u64> {
+    let mut pending = 0;
+    let mut straddling = None;
+    for (name, segment) in queue.segments() {
+        match segment.first_seq {
+            Some(first) if first > acked => pending += segment.readings,
+            Some(_) if segment.last_seq > acked => straddling = Some(name),
+            _ => {}
+        }
+    }
+    let Some(straddling) = straddling else {
+        return Ok(pending);
+    };
+    queue.visit(acked, |item| {
+        let segments::Item::Block { segment, bytes, .. } = item else {
+            return Next::Continue;
+        };
+        if segment != straddling {
+            return Next::Stop;
+        }
+        pending += match block::header(bytes) {
+            Ok(header) if header.last_seq <= acked => 0,
+            Ok(header) => match block::decode(bytes, keys) {
+                Ok(envelopes) => envelopes.iter().filter(|e| e.seq > acked).count() as u64,
+                // Tampered: `read_after` sets it aside; count it whole till then.
+                Err(_) => u64::from(header.count),
+            },
+            Err(_) => 0,
+        };
+        Next::Continue
+    })?;
+    Ok(pending)
+}
+
 /// The one sled configuration of a spool.
 pub(super) fn sled_config(dir: &Path) -> sled::Config {
     // sled's default page cache is 1 GiB; the spool reads each block about
@@ -265,7 +334,6 @@ pub(super) fn sled_config(dir: &Path) -> sled::Config {
 impl Trees {
     fn open(db: sled::Db) -> Result<Trees, sled::Error> {
         Ok(Trees {
-            queue: db.open_tree("queue")?,
             meta: db.open_tree("meta")?,
             dead_letters: db.open_tree("dead_letters")?,
             corrupt: db.open_tree("corrupt_blocks")?,
@@ -283,6 +351,7 @@ pub struct Spool {
 struct Inner {
     path: PathBuf,
     files: Arc<Files>,
+    queue: Arc<Queue>,
     spool_id: String,
     submit: Mutex<Submitter>,
     durability: Arc<Durability>,
@@ -344,6 +413,13 @@ impl Spool {
         })?;
         let db = open_sled(dir).map_err(opening)?;
         let trees = Trees::open(db).map_err(opening)?;
+        let queue_error = |err: std::io::Error| match err.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                corrupt(err.to_string())
+            }
+            _ => storage(sled::Error::Io(err)),
+        };
+        import_sled_queue(&trees.db, dir).map_err(queue_error)?;
 
         let spool_id = match trees.meta.get(SPOOL_ID).map_err(storage)? {
             Some(id) if id.len() == 16 => hex::encode(&id),
@@ -371,40 +447,32 @@ impl Spool {
             }
         };
         let acked_seq = read_u64(ACKED_SEQ)?;
-        let mut next_seq = read_u64(NEXT_SEQ)?.max(acked_seq + 1).max(1);
-        let mut pending = 0u64;
-        let mut bytes = 0u64;
-        for entry in trees.queue.iter() {
-            let (key, value) = entry.map_err(storage)?;
-            bytes += value.len() as u64;
-            let header = block::header(&value).map_err(|e| corrupt(e.to_string()))?;
-            if let Some(id) = header.key_id.filter(|id| !options.keys.has(*id)) {
-                return Err(SpoolError::Key {
-                    path: dir.to_path_buf(),
-                    reason: SealError::UnknownKey(id).to_string(),
-                });
-            }
-            next_seq = next_seq.max(header.last_seq + 1);
-            if header.last_seq <= acked_seq {
-                continue;
-            }
-            let first_seq = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("queue key is not 8 bytes".into()))?,
+        let (queue, opened) = Queue::open(dir).map_err(queue_error)?;
+        if opened.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.torn_bytes,
+                "spool: cut off a write torn by a crash (never acknowledged to any device)"
             );
-            if first_seq > acked_seq {
-                pending += u64::from(header.count);
-                continue;
-            }
-            // Only the block the acknowledgement stopped inside needs decoding.
-            pending += match block::decode(&value, &options.keys) {
-                Ok(envelopes) => envelopes.iter().filter(|e| e.seq > acked_seq).count() as u64,
-                // Tampered: `read_after` sets it aside; count it whole till then.
-                Err(BlockError::Sealed(_)) => u64::from(header.count),
-                Err(err) => return Err(corrupt(err.to_string())),
-            };
         }
+        // Blocks that were all acknowledged need no key any more.
+        if let Some(id) = queue
+            .segments()
+            .iter()
+            .flat_map(|(_, segment)| segment.sealed.iter())
+            .find(|(id, (_, last_seq))| *last_seq > acked_seq && !options.keys.has(**id))
+            .map(|(id, _)| *id)
+        {
+            return Err(SpoolError::Key {
+                path: dir.to_path_buf(),
+                reason: SealError::UnknownKey(id).to_string(),
+            });
+        }
+        let next_seq = read_u64(NEXT_SEQ)?
+            .max(acked_seq + 1)
+            .max(opened.next_seq)
+            .max(1);
+        let pending = count_unacked(&queue, acked_seq, &options.keys).map_err(queue_error)?;
+        let bytes = queue.bytes();
         if let Some(mark) = mark {
             if mark.spool_id != spool_id {
                 return Err(corrupt(format!(
@@ -438,9 +506,11 @@ impl Spool {
             path: dir.to_path_buf(),
             trees: RwLock::new(Some(trees)),
         });
+        let queue = Arc::new(queue);
         let inner = Arc::new(Inner {
             path: dir.to_path_buf(),
             files: files.clone(),
+            queue: queue.clone(),
             spool_id,
             submit: Mutex::new(Submitter {
                 next_seq,
@@ -460,6 +530,7 @@ impl Spool {
             max_block_records: options.max_block_records.max(1),
             max_dead_letters: options.max_dead_letters,
             max_bytes: options.max_bytes,
+            segment_bytes: (options.max_bytes / 16).clamp(1, MAX_SEGMENT_BYTES),
             max_age: options.max_age,
             full_policy: options.full_policy,
             min_free_bytes: options.min_free_bytes,
@@ -477,6 +548,7 @@ impl Spool {
                     rx,
                     Writer {
                         files: writer_files,
+                        queue,
                         counters: writer_counters,
                         durability,
                         watermark,
@@ -514,15 +586,16 @@ impl Spool {
         &self.inner.keys
     }
 
-    /// Arrival of the oldest stored reading (ms since the epoch), if any.
+    /// Arrival of the oldest reading not yet acknowledged (ms since the
+    /// epoch), if any; to the segment (see segments.rs).
     pub fn oldest_received_at(&self) -> Option<u64> {
+        let acked = self.inner.counters.acked_seq.load(Ordering::Acquire);
         self.inner
-            .files
-            .with(|trees| Ok(trees.queue.first().ok().flatten()))
-            .ok()
-            .flatten()
-            .and_then(|(_, value)| block::header(&value).ok())
-            .map(|h| h.first_received_at)
+            .queue
+            .segments()
+            .into_iter()
+            .find(|(_, segment)| segment.unacked(acked) > 0)
+            .and_then(|(_, segment)| segment.oldest)
     }
 
     /// Sets the oldest-reading age gauge; called when `/metrics` is scraped.
@@ -539,29 +612,21 @@ impl Spool {
     /// A fuller picture than [`Spool::stats`], for the offline CLI.
     pub fn inspect(&self) -> Result<SpoolReport, SpoolError> {
         let stats = self.stats();
-        self.inner.files.with(|trees| {
-            let storage = |source| self.storage(source);
-            let mut blocks = 0;
-            let mut oldest_received_at = None;
-            let mut sealed_blocks = std::collections::BTreeMap::new();
-            for entry in trees.queue.iter() {
-                let (_, value) = entry.map_err(storage)?;
-                blocks += 1;
-                let header = block::header(&value).ok();
-                if oldest_received_at.is_none() {
-                    oldest_received_at = header.map(|h| h.first_received_at);
-                }
-                if let Some(id) = header.and_then(|h| h.key_id) {
-                    *sealed_blocks.entry(id).or_insert(0) += 1;
-                }
+        let segments = self.inner.queue.segments();
+        let mut sealed_blocks = std::collections::BTreeMap::new();
+        for (_, segment) in &segments {
+            for (id, (blocks, _)) in &segment.sealed {
+                *sealed_blocks.entry(*id).or_insert(0) += blocks;
             }
+        }
+        self.inner.files.with(|trees| {
             Ok(SpoolReport {
                 path: self.inner.path.display().to_string(),
                 spool_id: self.inner.spool_id.clone(),
                 stats,
-                blocks,
+                blocks: segments.iter().map(|(_, s)| s.blocks).sum(),
                 sealed_blocks,
-                oldest_received_at,
+                oldest_received_at: segments.iter().find_map(|(_, s)| s.oldest),
                 dead_letters: trees.dead_letters.len() as u64,
                 corrupt_blocks: trees.corrupt.len() as u64,
             })
@@ -573,27 +638,34 @@ impl Spool {
     /// decided the data is not wanted.
     pub fn purge(&self, dead_letters: bool) -> Result<u64, SpoolError> {
         let purged = self.stats().pending;
-        self.inner.files.with(|trees| {
-            let storage = |source| self.storage(source);
-            trees.queue.clear().map_err(storage)?;
-            if dead_letters {
-                trees.dead_letters.clear().map_err(storage)?;
-            }
-            trees.db.flush().map_err(storage)?;
-            Ok(())
-        })?;
         let counters = &self.inner.counters;
+        let acked = counters.acked_seq.load(Ordering::Acquire);
+        self.inner
+            .queue
+            .drop_while(acked, |_| true)
+            .map_err(|e| self.storage(sled::Error::Io(e)))?;
         counters.pending.store(0, Ordering::Release);
-        counters.bytes.store(0, Ordering::Release);
+        counters
+            .bytes
+            .store(self.inner.queue.bytes(), Ordering::Release);
         // Later readings must not reuse the purged seqs' acknowledgement.
         let durable = self.inner.durability.processed();
         counters.acked_seq.fetch_max(durable, Ordering::AcqRel);
         self.inner.files.with(|trees| {
+            let storage = |source| self.storage(source);
+            if dead_letters {
+                trees.dead_letters.clear().map_err(storage)?;
+            }
             trees
                 .meta
                 .insert(ACKED_SEQ, &durable.to_be_bytes())
-                .map(|_| ())
-                .map_err(|s| self.storage(s))
+                .map_err(storage)?;
+            trees
+                .meta
+                .insert(NEXT_SEQ, &(durable + 1).to_be_bytes())
+                .map_err(storage)?;
+            trees.db.flush().map_err(storage)?;
+            Ok(())
         })?;
         Ok(purged)
     }
@@ -614,9 +686,9 @@ impl Spool {
 
     /// Up to `max_records` pending, durable readings (and about `max_bytes`)
     /// whose seq is above `after`, in seq order. Acknowledged readings are
-    /// never returned. A
-    /// block that no longer decodes is moved to the `corrupt_blocks` tree
-    /// (counted, logged) instead of stopping the uplink for good.
+    /// never returned. A block that no longer decodes (or a damaged range
+    /// of a segment) is copied to the `corrupt_blocks` tree (counted,
+    /// logged) and skipped instead of stopping the uplink for good.
     pub fn read_after(
         &self,
         after: u64,
@@ -624,80 +696,110 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Envelope>, SpoolError> {
         let after = after.max(self.inner.counters.acked_seq.load(Ordering::Acquire));
-        // Only what a successful flush made durable: a group whose flush
-        // failed may linger in sled's memory, and its seqs may be handed out
-        // again after a restart; uploading it could make the collector drop
-        // later readings under those seqs as duplicates.
+        // Only what a successful sync made durable (the queue shows readers
+        // nothing else; this is a second line).
         let durable = *self.inner.durable_tx.borrow();
-        self.inner.files.with(|trees| {
-            let storage = |source| self.storage(source);
-            // The block holding `after + 1` starts at or before it.
-            let start = trees
-                .queue
-                .range(..=(after + 1).to_be_bytes())
-                .next_back()
-                .transpose()
-                .map_err(storage)?
-                .map_or([0; 8], |(key, _)| key.as_ref().try_into().unwrap_or([0; 8]));
-            let mut out = Vec::new();
-            let mut bytes = 0;
-            for entry in trees.queue.range(start..) {
-                let (key, value) = entry.map_err(storage)?;
-                // The header alone tells whether the block was read already;
-                // only blocks with something to return are decoded.
-                let decoded = match block::header(&value) {
-                    Ok(header) if header.last_seq <= after => continue,
-                    Ok(_) => block::decode(&value, &self.inner.keys),
-                    Err(err) => Err(err),
-                };
-                let envelopes = match decoded {
-                    Ok(envelopes) => envelopes,
-                    Err(err) => {
-                        self.set_aside(trees, &key, &value, &err)?;
-                        continue;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut failed = None;
+        let visited = self.inner.queue.visit(after, |item| {
+            let (segment, offset, raw, decoded) = match item {
+                segments::Item::Block {
+                    segment,
+                    offset,
+                    bytes: raw,
+                    ..
+                } => {
+                    // The header alone tells whether the block was read
+                    // already; only blocks with something to return are decoded.
+                    let decoded = match block::header(raw) {
+                        Ok(header) if header.last_seq <= after => return Next::Continue,
+                        Ok(_) => block::decode(raw, &self.inner.keys),
+                        Err(err) => Err(err),
+                    };
+                    (segment, offset, raw, decoded)
+                }
+                segments::Item::Damaged {
+                    segment,
+                    offset,
+                    bytes: raw,
+                } => {
+                    let reason = format!("{} bytes that are not a whole record", raw.len());
+                    if let Err(err) = self.set_aside(segment, offset, raw, &reason) {
+                        failed = Some(err);
+                        return Next::Stop;
                     }
-                };
-                for envelope in envelopes {
-                    if envelope.seq <= after {
-                        continue;
+                    let end = offset + raw.len() as u64;
+                    self.inner.queue.mark_damaged(segment, offset, end);
+                    return Next::Continue;
+                }
+            };
+            let envelopes = match decoded {
+                Ok(envelopes) => envelopes,
+                Err(err) => {
+                    let end = segments::record_end(offset, raw);
+                    if self.inner.queue.mark_damaged(segment, offset, end) {
+                        if let Err(err) = self.set_aside(segment, offset, raw, &err.to_string()) {
+                            failed = Some(err);
+                            return Next::Stop;
+                        }
                     }
-                    if envelope.seq > durable {
-                        return Ok(out);
-                    }
-                    bytes += envelope.approx_size();
-                    out.push(envelope);
-                    if out.len() >= max_records || bytes >= max_bytes {
-                        return Ok(out);
-                    }
+                    return Next::Continue;
+                }
+            };
+            for envelope in envelopes {
+                if envelope.seq <= after {
+                    continue;
+                }
+                if envelope.seq > durable {
+                    return Next::Stop;
+                }
+                bytes += envelope.approx_size();
+                out.push(envelope);
+                if out.len() >= max_records || bytes >= max_bytes {
+                    return Next::Stop;
                 }
             }
-            Ok(out)
+            Next::Continue
+        });
+        visited.map_err(|e| self.storage(sled::Error::Io(e)))?;
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
+    /// Keeps a copy of an unreadable block (or damaged range) of a segment
+    /// in `corrupt_blocks`, for `spool recover` and forensics.
+    fn set_aside(
+        &self,
+        segment: u64,
+        offset: u64,
+        bytes: &[u8],
+        reason: &str,
+    ) -> Result<(), SpoolError> {
+        tracing::error!(
+            segment,
+            offset,
+            error = reason,
+            "spool block does not decode; copied to corrupt_blocks and skipped"
+        );
+        self.inner.metrics.corrupt_blocks.inc();
+        let mut key = segment.to_be_bytes().to_vec();
+        key.extend_from_slice(&offset.to_be_bytes());
+        self.inner.files.with(|trees| {
+            trees
+                .corrupt
+                .insert(key, bytes)
+                .map(|_| ())
+                .map_err(|s| self.storage(s))
         })
     }
 
-    /// Moves an undecodable block out of the queue, keeping its bytes.
-    fn set_aside(
-        &self,
-        trees: &Trees,
-        key: &[u8],
-        value: &[u8],
-        err: &BlockError,
-    ) -> Result<(), SpoolError> {
-        let first_seq = key.try_into().map(u64::from_be_bytes).unwrap_or_default();
-        tracing::error!(first_seq, error = %err, "spool block does not decode; moved to corrupt_blocks");
-        self.inner.metrics.corrupt_blocks.inc();
-        trees
-            .corrupt
-            .insert(key, value)
-            .map_err(|s| self.storage(s))?;
-        trees.queue.remove(key).map_err(|s| self.storage(s))?;
-        Ok(())
-    }
-
     /// Records that the collector stored every reading with seq <= `upto`
-    /// (`count` of them were pending), and deletes the blocks that are done.
-    /// If the write fails, the acknowledgement still counts in memory and
-    /// the next successful `ack` trims everything up to its own seq.
+    /// (`count` of them were pending), and deletes the segments that are
+    /// done. If the write fails, the acknowledgement still counts in
+    /// memory and the next successful `ack` records its own seq.
     pub fn ack(&self, upto: u64, count: u64) -> Result<(), SpoolError> {
         let inner = &self.inner;
         let counters = &inner.counters;
@@ -709,33 +811,22 @@ impl Spool {
         inner.metrics.records.dec_by(count as i64);
         inner.metrics.acked_seq.set(upto as i64);
         inner.files.with(|trees| {
-            let storage = |source| self.storage(source);
             trees
                 .meta
                 .insert(ACKED_SEQ, &upto.to_be_bytes())
-                .map_err(storage)?;
-            let mut freed = 0;
-            for entry in trees.queue.iter() {
-                let (key, value) = entry.map_err(storage)?;
-                match block::header(&value) {
-                    Ok(header) if header.last_seq > upto => break,
-                    // A damaged header is dealt with by `read_after`.
-                    Ok(_) | Err(_) => {
-                        // Count only what this call removed: the writer may
-                        // have dropped the block already.
-                        if trees.queue.remove(&key).map_err(storage)?.is_some() {
-                            freed += value.len() as u64;
-                        }
-                    }
-                }
-            }
-            counters.sub_bytes(freed);
-            inner
-                .metrics
-                .bytes
-                .set(counters.bytes.load(Ordering::Acquire) as i64);
-            Ok(())
-        })
+                .map(|_| ())
+                .map_err(|s| self.storage(s))
+        })?;
+        inner
+            .queue
+            .trim(upto)
+            .map_err(|e| self.storage(sled::Error::Io(e)))?;
+        counters.bytes.store(inner.queue.bytes(), Ordering::Release);
+        inner
+            .metrics
+            .bytes
+            .set(counters.bytes.load(Ordering::Acquire) as i64);
+        Ok(())
     }
 
     /// Keeps readings the collector refused for good, with the reason.
@@ -851,5 +942,78 @@ impl IngestSink for Spool {
 
     fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> Result<(), SinkError> {
         self.inner.durability.wait(ticket.0, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn envelopes(seqs: std::ops::RangeInclusive<u64>) -> Vec<Envelope> {
+        seqs.map(|seq| Envelope {
+            seq,
+            device_id: "d".into(),
+            topic: "devices/d/telemetry".into(),
+            received_at: crate::now_ms(),
+            payload: ByteBuf::from(vec![seq as u8]),
+        })
+        .collect()
+    }
+
+    /// A spool as written before the queue left sled: blocks in the tree
+    /// `queue`, `acked_seq` in the middle of one.
+    #[test]
+    fn a_queue_kept_in_sled_is_moved_into_segments_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyRing::none();
+        {
+            let db = sled_config(dir.path()).open().unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(SPOOL_ID, &[7u8; 16]).unwrap();
+            meta.insert(ACKED_SEQ, &5u64.to_be_bytes()).unwrap();
+            meta.insert(NEXT_SEQ, &21u64.to_be_bytes()).unwrap();
+            let queue = db.open_tree("queue").unwrap();
+            for (first, last) in [(1, 10), (11, 20)] {
+                let block = block::encode(&envelopes(first..=last), &keys);
+                queue.insert(u64::to_be_bytes(first), block).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let spool =
+            Spool::open(dir.path(), SpoolOptions::default(), SpoolMetrics::default()).unwrap();
+        assert_eq!(spool.spool_id(), hex::encode([7u8; 16]));
+        assert_eq!(spool.stats().pending, 15);
+        let seqs: Vec<u64> = spool
+            .read_after(0, usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (6..=20).collect::<Vec<_>>());
+        spool.close().unwrap();
+        drop(spool);
+
+        let db = open_sled(dir.path()).unwrap();
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"queue"));
+        drop(db);
+        let spool =
+            Spool::open(dir.path(), SpoolOptions::default(), SpoolMetrics::default()).unwrap();
+        assert_eq!(
+            spool.stats().pending,
+            15,
+            "imported once, kept after reopen"
+        );
+        let ticket = spool
+            .submit(Incoming {
+                device_id: "d".into(),
+                topic: "devices/d/telemetry".into(),
+                received_at: crate::now_ms(),
+                payload: vec![1].into(),
+                qos: 1,
+                disposition: broker::Disposition::Reading,
+            })
+            .unwrap();
+        assert_eq!(ticket.0, 21, "seqs go on where the sled queue ended");
     }
 }

@@ -1,22 +1,22 @@
-//! A note, beside sled's own files, of how far the spool's flushed seqs
-//! reached: the one way to tell a log that sled cut short from one that was
-//! simply never written further.
+//! A note, beside the spool's files, of how far its synced seqs reached:
+//! the one way to tell a queue that was cut short from one that was simply
+//! never written further.
 //!
-//! sled recovers a damaged log by keeping what precedes the damage and
-//! dropping the rest without an error: exactly right for a torn tail after a
-//! crash, silent data loss for a bad sector in the middle. The writer
-//! records, at most once a second and at shutdown, `next_seq` of what sled
-//! has confirmed flushed. On open, a spool whose files end below that
-//! mark lost flushed readings and is treated as corrupt (quarantined and
-//! left for `edge-agent spool recover`). The mark only ever lags the log, so
-//! a crash never makes a sound spool look damaged.
+//! The queue's last segment is cut at its first damaged record when nothing
+//! whole follows it (segments.rs): exactly right for a write torn by a
+//! crash, silent data loss for a bad sector at the end of the log. The
+//! writer records, at most once a second and at shutdown, `next_seq` of
+//! what has been synced. On open, a spool whose queue ends below that mark
+//! lost synced readings and is treated as corrupt (quarantined and left for
+//! `edge-agent spool recover`). The mark only ever lags the log, so a crash
+//! never makes a sound spool look damaged.
 //!
 //! ```text
 //! <spool dir>/durable-seq:   "<spool_id hex> <next_seq>\n"
 //! ```
 //!
-//! Damage that sled recovers past without losing the newest records is not
-//! seen here; the blocks it touches fail their decode when read.
+//! Damage with whole records after it is not seen here; the records it
+//! touches are set aside when read.
 
 use std::fs;
 use std::io::{self, Write};

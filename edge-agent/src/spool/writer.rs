@@ -1,14 +1,17 @@
 //! Group commit: one thread takes submitted publishes off a bounded queue,
-//! writes each gathered group as one or more blocks (see [`block::split`]),
-//! flushes sled once, and only then marks the group's seqs durable, which
-//! releases the waiting PUBACKs.
+//! appends each gathered group as one or more blocks (see [`block::split`])
+//! to the last segment file, syncs it once, and only then marks the group's
+//! seqs durable, which releases the waiting PUBACKs.
 //!
 //! ```text
 //! submit (any thread)          writer thread                     waiters
 //! seq = next_seq++  ──queue──▶ gather ≤ max_block_records
 //!                              or until flush_interval passed
-//!                              insert block + meta, flush ──▶ processed = last seq, notify
+//!                              append blocks, fdatasync ──▶ processed = last seq, notify
 //! ```
+//!
+//! Refused publishes (dead letters) go to sled, flushed with the group's
+//! `next_seq`, before the group's readings are appended.
 //!
 //! A failed write marks its seqs failed: their PUBACKs are withheld and the
 //! devices resend after reconnecting.
@@ -26,9 +29,9 @@ use serde_bytes::ByteBuf;
 use telemetry::Envelope;
 use tracing::{error, info, warn};
 
-use super::block::BlockHeader;
 use super::block::{self, DeadLetter};
 use super::seal::KeyRing;
+use super::segments::{Appender, Queue, Roll};
 use super::store::{Counters, Files, FullPolicy, SpoolError, Trees};
 use super::watermark::Watermark;
 use crate::metrics::SpoolMetrics;
@@ -128,6 +131,8 @@ pub(super) struct WriterConfig {
     pub max_block_records: usize,
     pub max_dead_letters: u64,
     pub max_bytes: u64,
+    /// A segment file takes no more blocks past this size.
+    pub segment_bytes: u64,
     pub max_age: Duration,
     pub full_policy: FullPolicy,
     pub min_free_bytes: u64,
@@ -182,10 +187,11 @@ impl DropLog {
 
 /// Keeps the spool from filling its filesystem to the last byte.
 ///
-/// sled 0.34 does not survive running out of space under load: a write that
+/// A failed append is cut off and costs nothing, but sled (meta, dead
+/// letters) does not survive running out of space under load: a write that
 /// fails with ENOSPC can leave a log it later reads as corrupt. So the writer
 /// refuses a group (no PUBACK; devices keep and resend) while free space is
-/// below the floor, and sled only meets a full disk when something else
+/// below the floor, and the files only meet a full disk when something else
 /// fills it faster than one group commit.
 pub(super) struct DiskGuard {
     dir: std::path::PathBuf,
@@ -243,6 +249,7 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// What the writer thread owns or shares.
 pub(super) struct Writer {
     pub files: Arc<Files>,
+    pub queue: Arc<Queue>,
     pub counters: Arc<Counters>,
     pub durability: Arc<Durability>,
     pub watermark: Watermark,
@@ -255,6 +262,7 @@ pub(super) struct Writer {
 pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, usize)) {
     let Writer {
         files,
+        queue,
         counters,
         durability,
         mut watermark,
@@ -263,6 +271,7 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         metrics,
     } = writer;
     let mut group = Vec::with_capacity(config.max_block_records);
+    let mut appender = Appender::default();
     // When the last write failed: sled refuses all writes after an I/O error
     // until it is reopened, which is retried every REOPEN_INTERVAL.
     let mut broken: Option<Instant> = None;
@@ -276,7 +285,7 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
                 watermark.write();
-                expire(&files, &counters, &config, &metrics, &mut drops);
+                expire(&queue, &counters, &config, &metrics, &mut drops);
                 last_expiry = Instant::now();
                 continue;
             }
@@ -287,20 +296,23 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         let first_seq = group[0].seq;
         let last_seq = group[group.len() - 1].seq;
         let started = Instant::now();
-        let written = match recover(&files, &mut broken) {
-            Ok(()) if !disk.has_room() => Err(WriteError::DiskFull),
-            Ok(()) => files
-                .with(|trees| {
-                    Ok(write_group(
-                        trees, &counters, &mut group, &config, &metrics, &mut drops,
-                    ))
-                })
-                .unwrap_or_else(|e| {
-                    Err(WriteError::Storage(sled::Error::Unsupported(e.to_string())))
-                }),
-            Err(err) => Err(WriteError::Storage(sled::Error::Unsupported(
-                err.to_string(),
-            ))),
+        let written = if disk.has_room() {
+            let mut output = Output {
+                files: &files,
+                broken: &mut broken,
+                queue: &queue,
+                appender: &mut appender,
+            };
+            write_group(
+                &mut output,
+                &counters,
+                &mut group,
+                &config,
+                &metrics,
+                &mut drops,
+            )
+        } else {
+            Err(WriteError::DiskFull)
         };
         match written {
             Ok(readings) => {
@@ -350,83 +362,44 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         }
         group.clear();
         if last_expiry.elapsed() >= TICK {
-            expire(&files, &counters, &config, &metrics, &mut drops);
+            expire(&queue, &counters, &config, &metrics, &mut drops);
             last_expiry = Instant::now();
         }
     }
     watermark.write();
 }
 
-/// Readings of a block not yet acknowledged (approximate inside the block
-/// the acknowledgement stopped in, where refused publishes leave seq gaps).
-fn unacked(first_seq: u64, header: &BlockHeader, acked_seq: u64) -> u64 {
-    if header.last_seq <= acked_seq {
-        0
-    } else if first_seq > acked_seq {
-        u64::from(header.count)
-    } else {
-        (header.last_seq - acked_seq).min(u64::from(header.count))
-    }
-}
-
-/// Deletes the oldest block; returns its unacknowledged readings, or None if the queue is empty.
-fn drop_oldest_block(trees: &Trees, counters: &Counters) -> Result<Option<u64>, sled::Error> {
-    let Some((key, value)) = trees.queue.pop_min()? else {
-        return Ok(None);
-    };
-    counters.sub_bytes(value.len() as u64);
-    let first_seq = key
-        .as_ref()
-        .try_into()
-        .map(u64::from_be_bytes)
-        .unwrap_or_default();
-    let lost = match block::header(&value) {
-        Ok(header) => unacked(
-            first_seq,
-            &header,
-            counters.acked_seq.load(Ordering::Acquire),
-        ),
-        Err(_) => 0,
-    };
-    counters.sub_pending(lost);
-    Ok(Some(lost))
-}
-
-/// Drops blocks whose oldest reading is older than `max_age`.
+/// Drops segments whose newest block arrived before `max_age` ago, and
+/// segments the collector acknowledged whole. A segment holds readings that
+/// arrived within a sixteenth of `max_age` of each other (the writer starts
+/// a new one past that), so a reading is dropped at most that much late.
 fn expire(
-    files: &Files,
+    queue: &Queue,
     counters: &Counters,
     config: &WriterConfig,
     metrics: &SpoolMetrics,
     drops: &mut DropLog,
 ) {
     let cutoff = now_ms().saturating_sub(config.max_age.as_millis() as u64);
-    let result = files.with(|trees| {
-        let mut lost = 0;
-        while let Some((_, value)) = trees.queue.first().map_err(|e| files.storage_error(e))? {
-            match block::header(&value) {
-                Ok(header) if header.first_received_at >= cutoff => break,
-                _ => {
-                    match drop_oldest_block(trees, counters).map_err(|e| files.storage_error(e))? {
-                        Some(n) => lost += n,
-                        None => break,
-                    }
-                }
-            }
-        }
-        Ok(lost)
-    });
-    match result {
+    let acked = counters.acked_seq.load(Ordering::Acquire);
+    let dropped = queue
+        .drop_while(acked, |segment| {
+            segment.first_seq.is_some() && segment.newest < cutoff
+        })
+        .and_then(|(_, lost)| queue.trim(acked).map(|_| lost));
+    counters.bytes.store(queue.bytes(), Ordering::Release);
+    metrics
+        .bytes
+        .set(counters.bytes.load(Ordering::Acquire) as i64);
+    match dropped {
         Ok(0) => {}
         Ok(lost) => {
+            counters.sub_pending(lost);
             metrics
                 .dropped
                 .get_or_create(&ReasonLabel { reason: "expired" })
                 .inc_by(lost);
             metrics.records.dec_by(lost as i64);
-            metrics
-                .bytes
-                .set(counters.bytes.load(Ordering::Acquire) as i64);
             drops.dropped("expired", lost);
         }
         Err(err) => warn!(error = %err, "spool expiry failed; will retry"),
@@ -477,10 +450,19 @@ fn gather(rx: &Receiver<Item>, group: &mut Vec<Item>, config: &WriterConfig) {
     }
 }
 
-/// Writes one group (a block of readings plus any dead letters) and flushes.
+/// Where a group goes: dead letters to sled (reopened after a failure),
+/// readings to the queue's last segment.
+struct Output<'a> {
+    files: &'a Files,
+    broken: &'a mut Option<Instant>,
+    queue: &'a Queue,
+    appender: &'a mut Appender,
+}
+
+/// Writes one group (blocks of readings plus any dead letters) and syncs.
 /// Returns the number of readings written.
 fn write_group(
-    trees: &Trees,
+    out: &mut Output<'_>,
     counters: &Counters,
     group: &mut [Item],
     config: &WriterConfig,
@@ -506,65 +488,100 @@ fn write_group(
             }),
         }
     }
-    let last_seq = group.last().map_or(0, |item| item.seq);
+    if !dead.is_empty() {
+        let last_seq = group.last().map_or(0, |item| item.seq);
+        write_dead_letters(out.files, out.broken, &dead, last_seq, config)?;
+        metrics
+            .dead_letters
+            .set(out.files.with(|t| Ok(t.dead_letters.len())).unwrap_or(0) as i64);
+    }
     let blocks: Vec<(u64, Vec<u8>)> = block::split(&readings)
         .map(|chunk| (chunk[0].seq, block::encode(chunk, &config.keys)))
         .collect();
     let size: u64 = blocks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
-    if size > 0 {
-        make_room(trees, counters, size, config, metrics, drops)?;
+    if size == 0 {
+        return Ok(0);
     }
-    for (first_seq, bytes) in blocks {
-        let len = bytes.len() as u64;
-        metrics.bytes_written.inc_by(len);
-        trees.queue.insert(first_seq.to_be_bytes(), bytes)?;
-        counters.bytes.fetch_add(len, Ordering::AcqRel);
-    }
+    make_room(out.queue, counters, size, config, metrics, drops)?;
+    let acked = counters.acked_seq.load(Ordering::Acquire);
+    let roll = Roll {
+        bytes: config.segment_bytes,
+        span_ms: (config.max_age.as_millis() as u64 / 16).max(1),
+    };
+    let written = out
+        .queue
+        .append(out.appender, &blocks, roll, acked)
+        .map_err(|e| WriteError::Storage(sled::Error::Io(e)))?;
+    metrics.bytes_written.inc_by(written);
+    counters.bytes.store(out.queue.bytes(), Ordering::Release);
     metrics
         .bytes
         .set(counters.bytes.load(Ordering::Acquire) as i64);
-    for letter in &dead {
-        let bytes = block::encode_dead_letter(letter, &config.keys);
-        trees
-            .dead_letters
-            .insert(letter.envelope.seq.to_be_bytes(), bytes)?;
-    }
-    if !dead.is_empty() {
-        trim_dead_letters(trees, config.max_dead_letters)?;
-    }
-    trees
-        .meta
-        .insert(super::store::NEXT_SEQ, &(last_seq + 1).to_be_bytes())?;
-    trees.db.flush()?;
     metrics.records.inc_by(readings.len() as i64);
-    metrics.dead_letters.set(trees.dead_letters.len() as i64);
     Ok(readings.len())
 }
 
-/// Applies the full policy when a block of `size` bytes would pass `max_bytes`.
+/// Stores a group's refused publishes with the group's `next_seq` (their
+/// seqs are in no segment) and flushes sled.
+fn write_dead_letters(
+    files: &Files,
+    broken: &mut Option<Instant>,
+    dead: &[DeadLetter],
+    last_seq: u64,
+    config: &WriterConfig,
+) -> Result<(), WriteError> {
+    let failed = |e: SpoolError| WriteError::Storage(sled::Error::Unsupported(e.to_string()));
+    recover(files, broken).map_err(failed)?;
+    let written = files.with(|trees| {
+        let storage = |e| files.storage_error(e);
+        for letter in dead {
+            let bytes = block::encode_dead_letter(letter, &config.keys);
+            trees
+                .dead_letters
+                .insert(letter.envelope.seq.to_be_bytes(), bytes)
+                .map_err(storage)?;
+        }
+        trim_dead_letters(trees, config.max_dead_letters).map_err(storage)?;
+        trees
+            .meta
+            .insert(super::store::NEXT_SEQ, &(last_seq + 1).to_be_bytes())
+            .map_err(storage)?;
+        trees.db.flush().map_err(storage)?;
+        Ok(())
+    });
+    if written.is_err() && broken.is_none() {
+        // sled refuses every write after an I/O error until it is reopened.
+        *broken = Some(Instant::now());
+    }
+    written.map_err(failed)
+}
+
+/// Applies the full policy when blocks of `size` bytes would pass `max_bytes`.
 fn make_room(
-    trees: &Trees,
+    queue: &Queue,
     counters: &Counters,
     size: u64,
     config: &WriterConfig,
     metrics: &SpoolMetrics,
     drops: &mut DropLog,
 ) -> Result<(), WriteError> {
-    let fits =
-        |counters: &Counters| counters.bytes.load(Ordering::Acquire) + size <= config.max_bytes;
-    if fits(counters) {
+    let mut excess = (queue.bytes() + size).saturating_sub(config.max_bytes);
+    if excess == 0 {
         return Ok(());
     }
     if config.full_policy == FullPolicy::RejectNew {
         return Err(WriteError::Full);
     }
-    let mut lost = 0;
-    while !fits(counters) {
-        match drop_oldest_block(trees, counters)? {
-            Some(n) => lost += n,
-            None => break,
-        }
-    }
+    let acked = counters.acked_seq.load(Ordering::Acquire);
+    let (_, lost) = queue
+        .drop_while(acked, |segment| {
+            let doomed = excess > 0;
+            excess = excess.saturating_sub(segment.len);
+            doomed
+        })
+        .map_err(|e| WriteError::Storage(sled::Error::Io(e)))?;
+    counters.sub_pending(lost);
+    counters.bytes.store(queue.bytes(), Ordering::Release);
     if lost > 0 {
         metrics
             .dropped
