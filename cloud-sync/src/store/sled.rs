@@ -3,7 +3,8 @@
 //! ```text
 //! tree       key                                              value (CBOR map unless said)
 //! ---------  -----------------------------------------------  ----------------------------------------------
-//! points     device_id 0x00 name 0x00 time                    packed CBOR {0: value, 1: unit, 2: spool_ref, 3: seq}
+//! points     device_id 0x00 name 0x00 time(first point)       a chunk: packed CBOR [{0: offset, 1: value, 2: unit,
+//!                                                              3: spool_ref, 4: seq}, ...] (sled/chunks.rs)
 //! documents  device_id 0x00 received_at(u64 ms BE) origin     {topic, payload, kind, reason}
 //! dedup      gateway_id 0x00 spool_id 0x00 first_seq(u64 BE)  last_seq (u64 BE): seqs first..=last are stored
 //! spools     gateway_id 0x00 spool_id 0x00                    spool_ref (u64 BE, from sled's id generator)
@@ -11,23 +12,25 @@
 //!                                                              measurements: {name: points}, documents}
 //! gateways   gateway_id                                       {spool_id, last_sync_ms, backlog,
 //!                                                              batches, accepted, duplicates}
-//! meta       "schema_version"                                 u32 BE (= 1)
+//! meta       "schema_version"                                 u32 BE (= 2; 1 is upgraded in place)
 //!
 //! time   := signed nanoseconds since the epoch, sign bit flipped, big-endian (sorts in time order)
 //! origin := gateway_id 0x00 spool_id 0x00 seq(u64 BE), the envelope that brought the record
 //! value  := {"float": f64} | {"bool": bool} | {"string": text} | {"bytes": bytes}   (telemetry::Value)
 //! ```
 //!
-//! Points are most of the data and sled's cost grows with the bytes written,
-//! so a point names its origin by `spool_ref` (a number registered once per
-//! spool, before any point refers to it) and seq, in packed CBOR (integer
-//! field keys): 25 bytes for a float with a three-letter unit.
+//! Points are most of the data. Every sled insert costs several
+//! microseconds (it copies and logs a tree node), so the points one batch
+//! brings to one series share one key, a chunk; and sled's cost grows with
+//! the bytes written, so a point names its origin by `spool_ref` (a number
+//! registered once per spool, before any point refers to it) and seq, in
+//! packed CBOR (integer field keys).
 //!
 //! One ingest writes, in this order, each step after the previous one returned:
 //!
 //! ```text
 //! 0. spools     one insert, the first time a spool is seen
-//! 1. points     one sled::Batch   new points (a key already held is never overwritten)
+//! 1. points     one sled::Batch   new chunks; a chunk already held is only rewritten with more points
 //! 2. documents  one sled::Batch   documents of the new envelopes (keyed by origin: rewriting is harmless)
 //! 3. devices + gateways + dedup   one small multi-tree transaction: counters and dedup marks together
 //! 4. flush                        then, and only then, the HTTP answer
@@ -66,10 +69,19 @@ use crate::model::{
     TimeRange,
 };
 
+mod chunks;
 mod remove;
 
+use chunks::{Direction, SeriesChunks, SeriesPoints};
+
 /// Layout version written in `meta`; bump it when a key or value changes.
-const SCHEMA_VERSION: u32 = 1;
+/// 2: `points` values are chunks of points (`sled/chunks.rs`).
+const SCHEMA_VERSION: u32 = 2;
+/// Versions this code opens and stamps with [`SCHEMA_VERSION`]: schema 1
+/// held one point per key, which version 2 reads as a chunk of one point,
+/// so the upgrade rewrites nothing. A collector of schema 1 then refuses
+/// the store instead of misreading its chunks.
+const UPGRADABLE_SCHEMAS: &[u32] = &[1];
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// Name of the tree every sled database has.
 const DEFAULT_TREE: &[u8] = b"__sled__default";
@@ -117,7 +129,7 @@ struct MarkWrites {
     dedup: Batch,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PointRecord {
     value: Value,
     unit: Option<String>,
@@ -184,11 +196,6 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_cbor::to_vec(value).expect("store records always serialize")
 }
 
-/// CBOR with struct fields as integer keys: for the records stored by the million.
-fn encode_packed<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_cbor::ser::to_vec_packed(value).expect("store records always serialize")
-}
-
 fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_cbor::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         tree,
@@ -210,7 +217,11 @@ impl SledStore {
                         tree: "meta",
                         reason: "schema version is not 4 bytes".into(),
                     })?;
-                if found != SCHEMA_VERSION {
+                if UPGRADABLE_SCHEMAS.contains(&found) {
+                    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                        .map_err(backend)?;
+                    db.flush().map_err(backend)?;
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         found,
                         expected: SCHEMA_VERSION,
@@ -394,14 +405,13 @@ impl Inner {
         seqs.dedup();
         let marked = self.marked_seqs(&spool, &seqs)?;
         let spool_ref = self.spool_ref(&spool)?;
-        let held_points = self.held_points(batch, &marked)?;
+        let mut series = self.held_series(batch, &marked)?;
 
         let mut outcome = IngestOutcome::default();
-        let mut points = Batch::default();
         let mut documents = Batch::default();
         // Within one batch a seq or a point may repeat too.
         let mut new_seqs = HashSet::new();
-        let mut seen_points = HashSet::new();
+        let mut seen_points: HashSet<(&str, &str, i64)> = HashSet::new();
         let mut devices: HashMap<&str, DeviceRecord> = HashMap::new();
 
         for envelope in &batch.envelopes {
@@ -421,35 +431,35 @@ impl Inner {
             match &envelope.content {
                 Content::Points(new_points) => {
                     for point in new_points {
-                        let prefix = keys::series_prefix(&envelope.device_id, &point.name);
-                        let key = keys::point_key(&prefix, point.time_ns);
-                        if seen_points.contains(&key) {
+                        let id = (envelope.device_id.as_str(), point.name.as_str());
+                        if !seen_points.insert((id.0, id.1, point.time_ns)) {
                             outcome.duplicate_points += 1;
                             continue;
                         }
-                        match held_points.get(&key) {
-                            None => {
-                                let record = PointRecord {
+                        let chunks = series
+                            .get_mut(&id)
+                            .expect("held_series loads every series of an unmarked envelope");
+                        match chunks.held_point(point.time_ns) {
+                            None => chunks.add(
+                                point.time_ns,
+                                PointRecord {
                                     value: point.value.clone(),
                                     unit: point.unit.clone(),
                                     spool_ref,
                                     seq: envelope.seq,
-                                };
-                                points.insert(key.as_slice(), encode_packed(&record));
-                            }
-                            Some(bytes) => {
-                                let held: PointRecord = decode("points", bytes)?;
-                                let own = held.spool_ref == spool_ref && held.seq == envelope.seq;
-                                if !own {
-                                    outcome.duplicate_points += 1;
-                                    seen_points.insert(key);
-                                    continue;
-                                }
+                                },
+                            ),
+                            Some(held)
+                                if held.spool_ref == spool_ref && held.seq == envelope.seq =>
+                            {
                                 // Written by an attempt that died before its marks: ours to count.
                             }
+                            Some(_) => {
+                                outcome.duplicate_points += 1;
+                                continue;
+                            }
                         }
-                        seen_points.insert(key);
-                        *device.measurements.entry(point.name.clone()).or_default() += 1;
+                        count_point(&mut device.measurements, &point.name);
                         outcome.points += 1;
                     }
                 }
@@ -469,6 +479,11 @@ impl Inner {
                     }
                 }
             }
+        }
+
+        let mut points = Batch::default();
+        for chunks in series.into_values() {
+            chunks.write_into(&mut points);
         }
 
         let mut gateway: GatewayRecord =
@@ -504,56 +519,33 @@ impl Inner {
         })
     }
 
-    /// The points already stored under the keys that the unmarked envelopes
-    /// of `batch` would write. One range scan per series over the batch's
-    /// time window (usually empty: new readings are newer than the stored
-    /// ones) instead of one lookup per point; lookups only when the window
-    /// holds many more stored points than the batch brings.
-    fn held_points(
+    /// The stored chunks of every series that the unmarked envelopes of
+    /// `batch` bring points to, keyed by `(device_id, name)`: what decides
+    /// which of those points are new.
+    fn held_series<'b>(
         &self,
-        batch: &PreparedBatch,
+        batch: &'b PreparedBatch,
         marked: &HashSet<u64>,
-    ) -> Result<HashMap<Vec<u8>, sled::IVec>, StoreError> {
-        let mut windows: HashMap<Vec<u8>, Vec<i64>> = HashMap::new();
+    ) -> Result<HashMap<(&'b str, &'b str), SeriesChunks>, StoreError> {
+        let mut times: HashMap<(&str, &str), Vec<i64>> = HashMap::new();
         for envelope in batch.envelopes.iter().filter(|e| !marked.contains(&e.seq)) {
             if let Content::Points(points) = &envelope.content {
                 for point in points {
-                    windows
-                        .entry(keys::series_prefix(&envelope.device_id, &point.name))
+                    times
+                        .entry((envelope.device_id.as_str(), point.name.as_str()))
                         .or_default()
                         .push(point.time_ns);
                 }
             }
         }
-        let mut held = HashMap::new();
-        for (prefix, times) in windows {
-            let (Some(&first), Some(&last)) = (times.iter().min(), times.iter().max()) else {
-                continue;
-            };
-            let budget = 2 * times.len() + 16;
-            let mut scanned = Vec::new();
-            let mut complete = true;
-            let window = keys::point_key(&prefix, first)..=keys::point_key(&prefix, last);
-            for entry in self.points.range(window) {
-                if scanned.len() == budget {
-                    complete = false;
-                    break;
-                }
-                let (key, value) = entry.map_err(backend)?;
-                scanned.push((key.to_vec(), value));
-            }
-            if complete {
-                held.extend(scanned);
-            } else {
-                for time in times {
-                    let key = keys::point_key(&prefix, time);
-                    if let Some(value) = self.points.get(&key).map_err(backend)? {
-                        held.insert(key, value);
-                    }
-                }
-            }
-        }
-        Ok(held)
+        times
+            .into_iter()
+            .map(|((device_id, name), times)| {
+                let prefix = keys::series_prefix(device_id, name);
+                let chunks = SeriesChunks::load(&self.points, prefix, &times)?;
+                Ok(((device_id, name), chunks))
+            })
+            .collect()
     }
 
     /// The number standing for a spool in point origins, registered (and
@@ -681,31 +673,19 @@ impl Inner {
             .transpose()
     }
 
-    /// A range scan over one series, in time order.
+    /// The points of one series in the query's range, oldest first
+    /// (`Direction::Forward`) or newest first.
     fn series(
         &self,
         query: &SeriesQuery,
-    ) -> impl DoubleEndedIterator<Item = Result<(i64, PointRecord), StoreError>> {
+        direction: Direction,
+    ) -> Result<SeriesPoints, StoreError> {
         let prefix = keys::series_prefix(&query.device_id, &query.name);
-        let start = keys::point_key(&prefix, query.range.from.unwrap_or(i64::MIN));
-        let end = match query.range.to {
-            Some(to) => Bound::Excluded(keys::point_key(&prefix, to)),
-            None => Bound::Included(keys::point_key(&prefix, i64::MAX)),
-        };
-        self.points
-            .range((Bound::Included(start), end))
-            .map(|entry| {
-                let (key, value) = entry.map_err(backend)?;
-                let time = keys::point_time(&key).ok_or(StoreError::Corrupt {
-                    tree: "points",
-                    reason: "key shorter than a time".into(),
-                })?;
-                Ok((time, decode::<PointRecord>("points", &value)?))
-            })
+        SeriesPoints::new(&self.points, &prefix, query.range, direction)
     }
 
     fn points(&self, query: &SeriesQuery, limit: usize) -> Result<Vec<SeriesPoint>, StoreError> {
-        self.series(query)
+        self.series(query, Direction::Forward)?
             .take(limit)
             .map(|entry| {
                 let (time_ns, record) = entry?;
@@ -719,20 +699,23 @@ impl Inner {
     }
 
     fn series_bounds(&self, query: &SeriesQuery) -> Result<Option<(i64, i64)>, StoreError> {
-        let mut series = self.series(query);
-        let Some(first) = series.next().transpose()? else {
+        let Some((first, _)) = self.series(query, Direction::Forward)?.next().transpose()? else {
             return Ok(None);
         };
-        let last = match series.next_back().transpose()? {
+        let last = match self
+            .series(query, Direction::Backward)?
+            .next()
+            .transpose()?
+        {
             Some((time, _)) => time,
-            None => first.0,
+            None => first,
         };
-        Ok(Some((first.0, last)))
+        Ok(Some((first, last)))
     }
 
     fn aggregate(&self, query: &SeriesQuery, step_ns: i64) -> Result<Vec<Bucket>, StoreError> {
         let mut buckets = Buckets::new(step_ns);
-        for entry in self.series(query) {
+        for entry in self.series(query, Direction::Forward)? {
             let (time_ns, record) = entry?;
             buckets.push(time_ns, record.value);
         }
@@ -799,6 +782,17 @@ impl Inner {
                 })
             })
             .collect()
+    }
+}
+
+/// Counts one more point of measurement `name` (allocating the name only
+/// the first time).
+fn count_point(measurements: &mut BTreeMap<String, u64>, name: &str) {
+    match measurements.get_mut(name) {
+        Some(count) => *count += 1,
+        None => {
+            measurements.insert(name.to_owned(), 1);
+        }
     }
 }
 
@@ -1041,6 +1035,102 @@ mod tests {
         assert_eq!(store.inner.dedup.len(), 1);
     }
 
+    /// A store written by schema 1 (one point per key, values packed
+    /// `PointRecord`s) opens, reads, dedups and keeps growing.
+    #[test]
+    fn a_schema_1_store_is_read_and_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(SCHEMA_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            let spool = keys::spool_prefix("gw", SPOOL);
+            db.open_tree("spools")
+                .unwrap()
+                .insert(&spool, &7u64.to_be_bytes())
+                .unwrap();
+            let points = db.open_tree("points").unwrap();
+            for (secs, seq) in [(1, 1), (3, 2)] {
+                let record = PointRecord {
+                    value: Value::Float(secs as f64),
+                    unit: Some("Cel".into()),
+                    spool_ref: 7,
+                    seq,
+                };
+                let key = keys::point_key(&keys::series_prefix("d", "t"), secs * S);
+                let value = serde_cbor::ser::to_vec_packed(&record).unwrap();
+                points.insert(key, value).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let meta = store.inner.db.open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get(SCHEMA_KEY).unwrap().unwrap().as_ref(),
+            &SCHEMA_VERSION.to_be_bytes()
+        );
+        // Seq 3 resends the point of 3 s and brings 2 s, between the old ones.
+        let out = store
+            .inner
+            .ingest(&batch(
+                SPOOL,
+                vec![envelope(
+                    3,
+                    "d",
+                    vec![point("t", 3, 3.0), point("t", 2, 2.0)],
+                )],
+            ))
+            .unwrap();
+        assert_eq!((out.points, out.duplicate_points), (1, 1));
+        let times: Vec<i64> = store
+            .inner
+            .points(&series("d", "t", None, None), 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.time_ns / S)
+            .collect();
+        assert_eq!(times, vec![1, 2, 3]);
+        let removed = store
+            .inner
+            .expire(&ExpiryPolicy {
+                default: Some(2 * S),
+                ..ExpiryPolicy::default()
+            })
+            .unwrap();
+        assert_eq!(removed.points, 1);
+        assert_eq!(
+            store
+                .inner
+                .series_bounds(&series("d", "t", None, None))
+                .unwrap(),
+            Some((2 * S, 3 * S))
+        );
+    }
+
+    /// A batch's points of one series share one key; a resend of the whole
+    /// batch under new seqs finds every point in it and writes nothing.
+    #[test]
+    fn a_batch_writes_one_chunk_per_series() {
+        let (_dir, store) = open();
+        let envelopes = (1..=100)
+            .map(|s| envelope(s, "d", vec![point("t", s as i64, 1.0)]))
+            .collect();
+        let out = store.inner.ingest(&batch(SPOOL, envelopes)).unwrap();
+        assert_eq!(out.points, 100);
+        assert_eq!(store.inner.points.len(), 1);
+        let resent = (101..=200)
+            .map(|s| envelope(s, "d", vec![point("t", s as i64 - 100, 1.0)]))
+            .collect();
+        let out = store.inner.ingest(&batch(SPOOL, resent)).unwrap();
+        assert_eq!(
+            (out.accepted, out.points, out.duplicate_points),
+            (100, 0, 100)
+        );
+        assert_eq!(store.inner.points.len(), 1);
+    }
+
     #[test]
     fn another_programs_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1070,7 +1160,7 @@ mod tests {
             SledStore::open(dir.path()),
             Err(StoreError::Schema {
                 found: 7,
-                expected: 1
+                expected: 2
             })
         ));
     }

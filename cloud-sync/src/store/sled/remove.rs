@@ -6,6 +6,7 @@
 //! for each device (keys of `devices`, plus device ids found in `points` and `documents`):
 //!   repeat, under the ingest lock, until nothing is left to remove:
 //!     gather up to CHUNK keys:  points    device 0x00 name 0x00 time(MIN) .. time(cutoff)   per series
+//!                                         (a chunk reaching past the cutoff is rewritten with the points it keeps)
 //!                               documents device 0x00 ms(0) .. ms(ceil(cutoff / 1e6))
 //!     one transaction over points + documents + devices: the removals, and the
 //!     summary's counts lowered by what was removed (a series at 0 is dropped)
@@ -28,6 +29,7 @@ use std::ops::Bound;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 
+use super::chunks::{decode_chunk, put_chunks};
 use super::{backend, decode, encode, DeviceRecord, Inner};
 use crate::model::{ErasureOutcome, ExpiryOutcome, ExpiryPolicy};
 use crate::store::{keys, StoreError};
@@ -113,12 +115,13 @@ impl Inner {
                     Some(cutoff) => Bound::Excluded(keys::point_key(&series, cutoff)),
                     None => Bound::Included(keys::point_key(&series, i64::MAX)),
                 };
-                for key in self.points.range((start, end)).keys() {
+                for entry in self.points.range((start, end)) {
                     if gathered == CHUNK {
                         break 'series;
                     }
-                    points.remove(key.map_err(backend)?);
-                    *per_series.entry(name.clone()).or_default() += 1;
+                    let (key, value) = entry.map_err(backend)?;
+                    let removed = trim_chunk(&mut points, &series, &key, &value, cutoff)?;
+                    *per_series.entry(name.clone()).or_default() += removed;
                     gathered += 1;
                 }
             }
@@ -188,6 +191,27 @@ impl Inner {
         record.documents = record.documents.saturating_sub(documents);
         Ok(Some(encode(&record)))
     }
+}
+
+/// Adds to `points` the writes that remove the points of the chunk under
+/// `key` older than `cutoff` (all of them with `None`): the chunk goes, and
+/// the points it keeps, if any, move to a chunk keyed by the first of them.
+/// Returns how many points were removed.
+fn trim_chunk(
+    points: &mut Batch,
+    series: &[u8],
+    key: &[u8],
+    value: &[u8],
+    cutoff: Option<i64>,
+) -> Result<u64, StoreError> {
+    let mut held = decode_chunk(key, value)?;
+    let kept = match cutoff {
+        Some(cutoff) => held.split_off(held.partition_point(|&(time, _)| time < cutoff)),
+        None => Vec::new(),
+    };
+    points.remove(key);
+    put_chunks(points, series, &kept);
+    Ok(held.len() as u64)
 }
 
 /// The distinct key parts that follow `prefix` up to the next 0x00, in key
