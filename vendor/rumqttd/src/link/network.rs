@@ -51,8 +51,10 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // PATCH(edge-telemetry) #4: smaller buffers per connection
+            // (upstream: 10 KiB each); both grow when a packet needs more.
+            read: BytesMut::with_capacity(4 * 1024),
+            write: BytesMut::with_capacity(1024),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

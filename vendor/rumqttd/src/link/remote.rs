@@ -120,7 +120,7 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            notifications: VecDeque::new(), // PATCH(edge-telemetry) #4: grown on demand, not preallocated per connection
             will_delay_interval,
         })
     }
