@@ -73,6 +73,9 @@ pub struct DrainRun {
     pub readings_per_s_after_first_batch: Option<f64>,
     /// The agent's peak RSS while the backlog built up, and while it drained.
     pub agent_peak_rss_outage_mib: f64,
+    /// The agent's RSS once restarted on the whole backlog, before the
+    /// collector returns: what the backlog itself costs in memory.
+    pub agent_rss_restarted_mib: f64,
     pub agent_peak_rss_drain_mib: f64,
     pub collector_peak_rss_mib: f64,
     /// CPU seconds during the drain.
@@ -130,7 +133,7 @@ pub(super) async fn measure(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let health = format!("http://{admin}/healthz");
+    let mut health = format!("http://{admin}/healthz");
     let sampler = Sampler::start(agent.pid());
 
     // Outage: the fleet fills the spool.
@@ -169,6 +172,21 @@ pub(super) async fn measure(
         .as_u64()
         .unwrap_or(0);
     let spool_files = dir_bytes(&temp.path().join("spool"));
+
+    // The backlog is on disk, not in memory: an agent restarted on it
+    // starts with about the footprint of an empty one.
+    agent.terminate(Duration::from_secs(10))?;
+    let (restarted, admin, _) =
+        spawn_agent(&agent_bin, temp.path(), &config, collector_addr, &token).await?;
+    agent = restarted;
+    health = format!("http://{admin}/healthz");
+    sampler.watch_agent(agent.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reopened = pending(&client, &health).await?;
+    if reopened != backlog {
+        bail!("the restarted agent reports {reopened} pending readings, not {backlog}");
+    }
+    let restarted_rss = status_kib(agent.pid(), "VmRSS:").unwrap_or(0);
 
     // The collector comes back.
     eprintln!("{backlog} readings spooled; starting the collector");
@@ -229,6 +247,7 @@ pub(super) async fn measure(
         first_batch_s: first_ack.map(|d| d.as_secs_f64()),
         readings_per_s_after_first_batch: after_first.map(|s| backlog as f64 / s.max(0.001)),
         agent_peak_rss_outage_mib: mib(outage.agent),
+        agent_rss_restarted_mib: mib(restarted_rss),
         agent_peak_rss_drain_mib: mib(during.agent),
         collector_peak_rss_mib: mib(during.collector),
         agent_cpu_s: agent_cpu,
@@ -248,10 +267,10 @@ struct Peaks {
 /// Samples VmRSS every [`SAMPLE_EVERY`] on a thread; phases are cut with
 /// [`Sampler::phase_end`], which also resets the kernel's high-water mark.
 struct Sampler {
+    agent: Arc<AtomicU32>,
     collector: Arc<AtomicU32>,
     peaks: Arc<Mutex<Peaks>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    agent: u32,
 }
 
 impl Sampler {
@@ -259,10 +278,17 @@ impl Sampler {
         let collector = Arc::new(AtomicU32::new(0));
         let peaks = Arc::new(Mutex::new(Peaks::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c, p, s) = (collector.clone(), peaks.clone(), stop.clone());
+        reset_hwm(agent);
+        let agent = Arc::new(AtomicU32::new(agent));
+        let (a, c, p, s) = (
+            agent.clone(),
+            collector.clone(),
+            peaks.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let agent_rss = status_kib(agent, "VmRSS:").unwrap_or(0);
+                let agent_rss = status_kib(a.load(Ordering::Relaxed), "VmRSS:").unwrap_or(0);
                 let collector_rss = match c.load(Ordering::Relaxed) {
                     0 => 0,
                     pid => status_kib(pid, "VmRSS:").unwrap_or(0),
@@ -274,13 +300,18 @@ impl Sampler {
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
-        reset_hwm(agent);
         Sampler {
+            agent,
             collector,
             peaks,
             stop,
-            agent,
         }
+    }
+
+    /// Samples a new agent process (a restart) from now on.
+    fn watch_agent(&self, pid: u32) {
+        reset_hwm(pid);
+        self.agent.store(pid, Ordering::Relaxed);
     }
 
     fn watch_collector(&self, pid: u32) {
@@ -294,7 +325,7 @@ impl Sampler {
         let mut peaks = std::mem::take(&mut *self.peaks.lock().expect("peaks lock"));
         for &pid in pids {
             let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
-            if pid == self.agent {
+            if pid == self.agent.load(Ordering::Relaxed) {
                 peaks.agent = peaks.agent.max(hwm);
             } else {
                 peaks.collector = peaks.collector.max(hwm);

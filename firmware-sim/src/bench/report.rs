@@ -145,14 +145,15 @@ fn absolute_table(runs: &[&IngestRun]) -> String {
 pub(super) fn drain_table(runs: &[DrainRun]) -> String {
     let mut out = String::from(
         "| spool | readings | ingest msg/s (collector down) | drain s | drain readings/s | first batch stored after s \
-         | readings/s from the first batch | agent peak RSS MiB, backlog building | agent peak RSS MiB, draining \
+         | readings/s from the first batch | agent peak RSS MiB, backlog building \
+         | agent RSS MiB, restarted on the backlog | agent peak RSS MiB, draining \
          | collector peak RSS MiB | agent CPU s (drain) | collector CPU s (drain) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for run in runs {
         let _ = writeln!(
         out,
-        "| {} | {} | {:.0} | {:.1}{} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        "| {} | {} | {:.0} | {:.1}{} | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
         if run.encrypted { "encrypted" } else { "plain" },
         run.readings,
         run.ingest_msg_per_s,
@@ -162,6 +163,7 @@ pub(super) fn drain_table(runs: &[DrainRun]) -> String {
         num(run.first_batch_s, 2),
         num(run.readings_per_s_after_first_batch, 0),
         run.agent_peak_rss_outage_mib,
+        run.agent_rss_restarted_mib,
         run.agent_peak_rss_drain_mib,
         run.collector_peak_rss_mib,
         run.agent_cpu_s,
