@@ -352,3 +352,43 @@ fn an_erasure_cut_short_between_its_renames_is_completed_on_the_next_open() {
     assert!(!root.path().join("spool.erase-old").exists());
     assert!(!root.path().join("spool.erasing").exists());
 }
+
+/// A sealed spool long enough for several segment files keeps every
+/// reading across restarts and a partial acknowledgement (the segments
+/// before the last are summarised from their headers at open).
+#[test]
+fn a_sealed_spool_of_many_segments_keeps_every_reading_across_restarts() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let (_, keys) = key_file(keys_dir.path(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let options = SpoolOptions {
+        // Segments of a sixteenth of this: 64 KiB.
+        max_bytes: 1 << 20,
+        max_block_records: 50,
+        ..options(&keys)
+    };
+    let reopen = || Spool::open(dir.path(), options.clone(), SpoolMetrics::default()).unwrap();
+    {
+        let spool = reopen();
+        let tickets: Vec<_> = (0..3000).map(|i| reading(&spool, "patient-1", i)).collect();
+        wait(&spool, *tickets.last().unwrap());
+        spool.close().unwrap();
+    }
+    let segments = std::fs::read_dir(dir.path().join("queue")).unwrap().count();
+    assert!(segments >= 5, "{segments} segment files");
+    let upto = {
+        let spool = reopen();
+        assert_eq!(spool.stats().pending, 3000);
+        let all = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(all.len(), 3000);
+        spool.ack(all[999].seq, 1000).unwrap();
+        spool.close().unwrap();
+        all[999].seq
+    };
+    let spool = reopen();
+    assert_eq!(spool.stats().pending, 2000);
+    let rest = spool.read_after(0, usize::MAX, usize::MAX).unwrap();
+    assert_eq!(rest.len(), 2000);
+    assert_eq!(rest[0].seq, upto + 1);
+    assert!(rest.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+}

@@ -88,6 +88,15 @@ impl Segment {
         }
     }
 
+    /// A whole record whose block header does not parse: its seqs are
+    /// unknown beyond the first, which still keeps the segment from being
+    /// taken for empty (and trimmed) before readers have set it aside.
+    fn add_unreadable(&mut self, first_seq: u64, record_len: u64) {
+        self.len += record_len;
+        self.first_seq.get_or_insert(first_seq);
+        self.last_seq = self.last_seq.max(first_seq);
+    }
+
     /// Readings in the segment with a seq above `acked` (approximate in the
     /// block the acknowledgement stopped inside, where refused publishes
     /// leave seq gaps).
@@ -601,7 +610,7 @@ fn scan(path: &Path, last: bool, repair: bool) -> io::Result<(Segment, u64)> {
                 match block::header(body) {
                     Ok(header) => segment.add(first_seq, &header, record_len as u64),
                     // A whole record whose block is bad: readers set it aside.
-                    Err(_) => segment.len += record_len as u64,
+                    Err(_) => segment.add_unreadable(first_seq, record_len as u64),
                 }
                 at += record_len;
             }
@@ -625,6 +634,10 @@ fn scan(path: &Path, last: bool, repair: bool) -> io::Result<(Segment, u64)> {
     Ok((segment, torn))
 }
 
+/// Bytes of a block enough for [`block::header`]: the plain header (21)
+/// and, for a sealed block, the seal's key id, nonce and tag (44).
+const BLOCK_HEAD: usize = 128;
+
 /// Counts the blocks of a segment from record and block headers, seeking
 /// over bodies. Damage (a header that does not parse) makes the rest of the
 /// segment be read whole to find the next record.
@@ -634,7 +647,7 @@ fn scan_headers(path: &Path) -> io::Result<(Segment, u64)> {
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut segment = Segment::default();
     let mut at = 0u64;
-    let mut head = [0u8; RECORD_HEADER + 64];
+    let mut head = [0u8; RECORD_HEADER + BLOCK_HEAD];
     while at < size {
         let want = (size - at).min(head.len() as u64) as usize;
         reader.read_exact(&mut head[..want])?;
@@ -649,7 +662,7 @@ fn scan_headers(path: &Path) -> io::Result<(Segment, u64)> {
                 let record_len = RECORD_HEADER as u64 + len;
                 match block::header(body) {
                     Ok(header) => segment.add(first_seq, &header, record_len),
-                    Err(_) => segment.len += record_len,
+                    Err(_) => segment.add_unreadable(first_seq, record_len),
                 }
                 record_len
             }
@@ -747,6 +760,39 @@ mod tests {
         assert!(queue.trim(30).unwrap() > 0);
         assert_eq!(queue.segments()[0].0, 31);
         assert_eq!(seqs(&queue, 0), (31..=50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sealed_blocks_in_earlier_segments_are_counted_from_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Key 1: 32 bytes of 0x01, base64.
+        let keys = KeyRing::parse(
+            "test",
+            "1 2026-01-01 AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        )
+        .unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let mut app = Appender::default();
+        for first in (1..=30).step_by(10) {
+            let envelopes: Vec<Envelope> = (first..first + 10)
+                .map(|seq| Envelope {
+                    seq,
+                    device_id: "d".into(),
+                    topic: "devices/d/telemetry".into(),
+                    received_at: 1_000,
+                    payload: serde_bytes::ByteBuf::from(vec![0; 100]),
+                })
+                .collect();
+            let block = (first, block::encode(&envelopes, &keys));
+            queue.append(&mut app, &[block], Roll::at(1), 0).unwrap();
+        }
+        let before = queue.segments();
+        drop((queue, app));
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        assert_eq!(queue.segments(), before);
+        let readings: u64 = before.iter().map(|(_, s)| s.readings).sum();
+        assert_eq!(readings, 30);
+        assert!(before.iter().all(|(_, s)| s.sealed.contains_key(&1)));
     }
 
     #[test]

@@ -323,12 +323,12 @@ fn count_unacked(queue: &Queue, acked: u64, keys: &KeyRing) -> std::io::Result<u
 
 /// The one sled configuration of a spool.
 pub(super) fn sled_config(dir: &Path) -> sled::Config {
-    // sled's default page cache is 1 GiB; the spool reads each block about
-    // once (the uplink, in order), so a small cache costs nothing and keeps
-    // a long outage's backlog on disk instead of in memory.
+    // sled's default page cache is 1 GiB; sled holds only the metadata, the
+    // dead letters (at most `max_dead_letters`) and blocks set aside here,
+    // none of them read often: a small cache is plenty.
     sled::Config::new()
         .path(dir)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(8 * 1024 * 1024)
 }
 
 impl Trees {

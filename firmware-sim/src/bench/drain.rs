@@ -81,7 +81,7 @@ pub struct DrainRun {
     /// CPU seconds during the drain.
     pub agent_cpu_s: f64,
     pub collector_cpu_s: f64,
-    /// The spool's files (sled) with the whole backlog in, per reading.
+    /// The spool's files (segments and sled) with the whole backlog in, per reading.
     pub spool_disk_bytes_per_reading: f64,
     /// The stored blocks alone (`spool.bytes` of `/healthz`), per reading.
     pub spool_block_bytes_per_reading: f64,

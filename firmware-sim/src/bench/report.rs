@@ -341,7 +341,7 @@ pub(super) fn suite_markdown(report: &SuiteReport) -> String {
         let _ = writeln!(
             out,
             "| spool blocks ({spool}, {} readings spooled) | {:.1} |\n\
-             | spool files on disk ({spool}, sled, same backlog) | {:.1} |",
+             | spool files on disk ({spool}, segments and sled, same backlog) | {:.1} |",
             drain.readings, drain.spool_block_bytes_per_reading, drain.spool_disk_bytes_per_reading
         );
     }
