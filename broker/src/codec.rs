@@ -8,9 +8,13 @@
 //! ```text
 //! read_mut: frame a packet with V4; on PUBLISH: validate topic and payload,
 //!           submit to the sink (spool) and remember the ticket
+//! ready_to_write: before a batch holding a PUBACK/PUBREC, a future that
+//!           waits (without a thread) until the connection's last ticket has
+//!           an outcome, when the sink offers an outcome channel
 //! write:    on PUBACK/PUBREC: wait until the connection's last ticket is
-//!           durable, then encode; if the sink failed, refuse to encode, which
-//!           makes rumqttd drop the connection without acknowledging
+//!           durable (at once after ready_to_write; otherwise blocking), then
+//!           encode; if the sink failed, refuse to encode, which makes
+//!           rumqttd drop the connection without acknowledging
 //! ```
 //!
 //! Invariant: a device never sees a PUBACK for a publish the sink has not made
@@ -299,6 +303,33 @@ impl Protocol for IngestCodec {
             _ => {}
         }
         Ok(packet)
+    }
+
+    /// Before a batch holding a PUBACK or PUBREC is encoded, waits (as a
+    /// future, not a blocked thread) until this connection's latest ticket
+    /// has an outcome; `write` then finds it decided and does not block.
+    fn ready_to_write(
+        &self,
+        packets: &VecDeque<Packet>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        if !packets
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(..) | Packet::PubRec(..)))
+        {
+            return None;
+        }
+        let ticket = self.conn.last_ticket.load(Ordering::Acquire);
+        if ticket == 0 || self.shared.sink.is_durable(Ticket(ticket)) {
+            return None;
+        }
+        let mut outcomes = self.shared.sink.outcomes()?;
+        let timeout = self.shared.durable_timeout;
+        Some(Box::pin(async move {
+            // A timeout or a closed sink falls through to `write`, which
+            // then decides (and withholds the acknowledgement) as before.
+            let decided = outcomes.wait_for(|&processed| processed >= ticket);
+            let _ = tokio::time::timeout(timeout, decided).await;
+        }))
     }
 
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {

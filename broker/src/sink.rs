@@ -59,4 +59,11 @@ pub trait IngestSink: Send + Sync + 'static {
 
     /// Blocks the calling thread until `ticket` is durable, failed, or `timeout` passed.
     fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> Result<(), SinkError>;
+
+    /// A channel whose value is the highest ticket with an outcome (every
+    /// ticket up to it is durable or failed), for waiting without blocking
+    /// a thread. `None` (the default): only [`IngestSink::wait_durable`].
+    fn outcomes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

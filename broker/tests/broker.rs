@@ -15,6 +15,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 struct MemorySink {
     state: Mutex<SinkState>,
     changed: Condvar,
+    /// Set: the sink also offers [`IngestSink::outcomes`], so connections
+    /// wait as futures (as with the spool) instead of blocking a thread.
+    outcomes: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Default)]
@@ -25,15 +28,31 @@ struct SinkState {
 }
 
 impl MemorySink {
+    fn with_outcomes() -> MemorySink {
+        MemorySink {
+            outcomes: Some(tokio::sync::watch::Sender::new(0)),
+            ..MemorySink::default()
+        }
+    }
+
     fn make_durable(&self) {
         let mut state = self.state.lock().unwrap();
         state.durable = state.items.len() as u64;
         self.changed.notify_all();
+        self.decided(state.items.len() as u64);
     }
 
     fn fail_writes(&self) {
-        self.state.lock().unwrap().fail = true;
+        let mut state = self.state.lock().unwrap();
+        state.fail = true;
         self.changed.notify_all();
+        self.decided(state.items.len() as u64);
+    }
+
+    fn decided(&self, upto: u64) {
+        if let Some(outcomes) = &self.outcomes {
+            outcomes.send_replace(upto);
+        }
     }
 
     fn items(&self) -> Vec<Incoming> {
@@ -45,11 +64,21 @@ impl IngestSink for MemorySink {
     fn submit(&self, incoming: Incoming) -> Result<Ticket, SinkError> {
         let mut state = self.state.lock().unwrap();
         state.items.push(incoming);
-        Ok(Ticket(state.items.len() as u64))
+        let ticket = state.items.len() as u64;
+        if state.fail {
+            // A failed sink decides every later write at once, as the spool does.
+            self.decided(ticket);
+        }
+        Ok(Ticket(ticket))
     }
 
     fn is_durable(&self, ticket: Ticket) -> bool {
-        self.state.lock().unwrap().durable >= ticket.0
+        let state = self.state.lock().unwrap();
+        state.durable >= ticket.0 && !state.fail
+    }
+
+    fn outcomes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.outcomes.as_ref().map(|o| o.subscribe())
     }
 
     fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> Result<(), SinkError> {
@@ -128,7 +157,15 @@ fn port_zero_reports_the_bound_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puback_waits_until_the_sink_is_durable() {
-    let sink = Arc::new(MemorySink::default());
+    puback_waits_for(Arc::new(MemorySink::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_waits_until_the_sink_is_durable_as_a_future() {
+    puback_waits_for(Arc::new(MemorySink::with_outcomes())).await;
+}
+
+async fn puback_waits_for(sink: Arc<MemorySink>) {
     let broker = start(sink.clone());
     let (client, mut events) = client(&broker, "dev-1");
     client
@@ -150,7 +187,9 @@ async fn puback_waits_until_the_sink_is_durable() {
     assert_eq!(item.disposition, Disposition::Reading);
 
     sink.make_durable();
-    let ack = tokio::time::timeout(Duration::from_secs(5), next_puback(&mut events)).await;
+    // Well within the broker's durable_timeout (5 s): the wait ends when the
+    // sink says so, not when it times out.
+    let ack = tokio::time::timeout(Duration::from_secs(2), next_puback(&mut events)).await;
     assert!(
         matches!(ack, Ok(Some(_))),
         "PUBACK after durability: {ack:?}"
@@ -165,7 +204,15 @@ async fn puback_waits_until_the_sink_is_durable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_withholds_the_puback_and_drops_the_connection() {
-    let sink = Arc::new(MemorySink::default());
+    failed_write_withholds(Arc::new(MemorySink::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_withholds_the_puback_when_waiting_as_a_future() {
+    failed_write_withholds(Arc::new(MemorySink::with_outcomes())).await;
+}
+
+async fn failed_write_withholds(sink: Arc<MemorySink>) {
     let broker = start(sink.clone());
     let (client, mut events) = client(&broker, "dev-2");
     client

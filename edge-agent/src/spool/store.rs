@@ -943,6 +943,10 @@ impl IngestSink for Spool {
     fn wait_durable(&self, ticket: Ticket, timeout: Duration) -> Result<(), SinkError> {
         self.inner.durability.wait(ticket.0, timeout)
     }
+
+    fn outcomes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.durability.outcomes())
+    }
 }
 
 #[cfg(test)]

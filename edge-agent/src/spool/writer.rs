@@ -46,12 +46,13 @@ pub(super) struct Item {
 }
 
 /// The durable watermark shared by the writer and the waiting connections.
-#[derive(Default)]
 pub(super) struct Durability {
     /// Every seq <= this has an outcome (written or failed). Read without the lock.
     processed: AtomicU64,
     state: Mutex<Failures>,
     changed: Condvar,
+    /// `processed` again, for connections that wait as futures.
+    outcomes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -64,8 +65,14 @@ impl Durability {
     pub fn new(processed: u64) -> Durability {
         Durability {
             processed: AtomicU64::new(processed),
-            ..Durability::default()
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            outcomes: tokio::sync::watch::Sender::new(processed),
         }
+    }
+
+    pub fn outcomes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.outcomes.subscribe()
     }
 
     pub fn processed(&self) -> u64 {
@@ -113,6 +120,11 @@ impl Durability {
         self.processed.fetch_max(last_seq, Ordering::AcqRel);
         drop(failures);
         self.changed.notify_all();
+        self.outcomes.send_if_modified(|processed| {
+            let advanced = last_seq > *processed;
+            *processed = (*processed).max(last_seq);
+            advanced
+        });
     }
 }
 

@@ -141,6 +141,11 @@ impl<P: Protocol> Network<P> {
     }
 
     pub async fn writev(&mut self, packets: VecDeque<Packet>) -> Result<(), Error> {
+        // PATCH(edge-telemetry) #6: let the protocol hold the batch back
+        // (asynchronously) before any of it is encoded.
+        if let Some(ready) = self.protocol.ready_to_write(&packets) {
+            ready.await;
+        }
         for packet in packets {
             Protocol::write(&self.protocol, packet, &mut self.write)?;
         }

@@ -748,4 +748,15 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+
+    /// PATCH(edge-telemetry) #6: awaited by the connection before it encodes
+    /// `packets`, so that a protocol which must hold some of them back (an
+    /// acknowledgement until the data is durable) waits without blocking a
+    /// runtime thread. `None`: ready now (the default).
+    fn ready_to_write(
+        &self,
+        _packets: &std::collections::VecDeque<Packet>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        None
+    }
 }

@@ -558,7 +558,10 @@ impl Router {
         for packet in packets.drain(0..) {
             match packet {
                 Packet::Publish(publish, properties) => {
-                    let span = tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
+                    // PATCH(edge-telemetry) #5: DEBUG, not ERROR: an ERROR span is
+                    // enabled wherever rumqttd's warnings are, and this one formats
+                    // the topic of every publish on the router's single thread.
+                    let span = tracing::debug_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
                     let _guard = span.enter();
 
                     let qos = publish.qos;
