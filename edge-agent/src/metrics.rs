@@ -37,7 +37,7 @@ pub struct SpoolMetrics {
     pub rejected_disk: Counter,
     /// Spools found corrupt at start and moved aside.
     pub quarantined: Counter,
-    /// Stored blocks that no longer decode, moved out of the queue.
+    /// Stored blocks (or damaged ranges of a segment) that no longer decode or open, set aside and skipped.
     pub corrupt_blocks: Counter,
 }
 
@@ -140,7 +140,7 @@ pub fn registry(
     );
     registry.register(
         "edge_spool_bytes",
-        "Bytes of stored blocks",
+        "Bytes of the spool's segment files",
         spool.bytes.clone(),
     );
     registry.register(
@@ -170,7 +170,7 @@ pub fn registry(
     );
     registry.register(
         "edge_spool_corrupt_blocks",
-        "Stored blocks that no longer decode, moved out of the queue",
+        "Stored blocks (or damaged ranges of a segment) that no longer decode or open, set aside and skipped",
         spool.corrupt_blocks.clone(),
     );
     registry.register(
