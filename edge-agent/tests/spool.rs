@@ -458,3 +458,32 @@ fn damage_inside_a_segment_costs_only_the_blocks_it_touches() {
         spool.inspect().unwrap().corrupt_blocks
     );
 }
+
+#[test]
+fn delivered_readings_leave_no_bytes_behind_once_the_writer_is_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let tickets: Vec<_> = (0..100u8).map(|i| submit(&spool, "d", &[i])).collect();
+    wait(&spool, *tickets.last().unwrap());
+    assert!(spool.stats().bytes > 0);
+    spool.ack(tickets[99].0, 100).unwrap();
+    // The writer looks once a second when idle.
+    let emptied = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        spool.stats().bytes == 0
+    });
+    assert!(emptied, "{:?}", spool.stats());
+    let on_disk: u64 = std::fs::read_dir(dir.path().join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(on_disk, 0, "only an empty segment is left");
+    spool.close().unwrap();
+    drop(spool);
+    let spool = open(dir.path());
+    let next = submit(&spool, "d", b"next");
+    assert!(
+        next.0 > tickets[99].0,
+        "seqs go on after the last segment went"
+    );
+}

@@ -398,7 +398,13 @@ fn expire(
         .drop_while(acked, |segment| {
             segment.first_seq.is_some() && segment.newest < cutoff
         })
-        .and_then(|(_, lost)| queue.trim(acked).map(|_| lost));
+        .and_then(|(_, lost)| {
+            // Acknowledged segments go, the last one too (for an empty
+            // successor): no delivered reading lingers on disk while idle.
+            queue
+                .drop_while(acked, |segment| segment.last_seq <= acked)
+                .map(|_| lost)
+        });
     counters.bytes.store(queue.bytes(), Ordering::Release);
     metrics
         .bytes
