@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::block;
 use super::seal::{self, KeyRing};
-use super::segments::{self, Item, Next, Queue};
+use super::segments::{place_key, Item, Next, Queue, SegmentBuilder};
 use super::store::{import_sled_queue, open_sled, sled_config, SpoolError, NEXT_SEQ};
 
 /// What an erasure removed and what it could not look into.
@@ -179,8 +179,7 @@ fn copy_queue(
 ) -> Result<u64, CopyError> {
     let (queue, opened) = Queue::open(dir).map_err(CopyError::Io)?;
     let corrupt = copy.open_tree("corrupt_blocks").map_err(CopyError::Sled)?;
-    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut size = 0;
+    let mut segments = SegmentBuilder::new(copy_dir);
     let mut failed = None;
     queue
         .visit(0, |item| {
@@ -188,17 +187,9 @@ fn copy_queue(
                 Item::Block {
                     first_seq, bytes, ..
                 } => match filter_block(bytes, device_id, keys, erasure) {
-                    Some((first, kept)) => {
-                        size += kept.len();
-                        chunk.push((first.unwrap_or(first_seq), kept));
-                        if size < segments::IMPORT_CHUNK_BYTES {
-                            Ok(())
-                        } else {
-                            size = 0;
-                            segments::write_segment(copy_dir, &std::mem::take(&mut chunk))
-                                .map_err(CopyError::Io)
-                        }
-                    }
+                    Some((first, kept)) => segments
+                        .push(first.unwrap_or(first_seq), kept)
+                        .map_err(CopyError::Io),
                     None => Ok(()),
                 },
                 Item::Damaged {
@@ -208,10 +199,8 @@ fn copy_queue(
                 } => {
                     erasure.unreadable += 1;
                     queue.mark_damaged(segment, offset, offset + bytes.len() as u64);
-                    let mut key = segment.to_be_bytes().to_vec();
-                    key.extend_from_slice(&offset.to_be_bytes());
                     corrupt
-                        .insert(key, bytes)
+                        .insert(place_key(segment, offset), bytes)
                         .map(|_| ())
                         .map_err(CopyError::Sled)
                 }
@@ -228,7 +217,7 @@ fn copy_queue(
     if let Some(err) = failed {
         return Err(err);
     }
-    segments::write_segment(copy_dir, &chunk).map_err(CopyError::Io)?;
+    segments.finish().map_err(CopyError::Io)?;
     Ok(opened.next_seq)
 }
 

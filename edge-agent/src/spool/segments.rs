@@ -44,9 +44,18 @@ const RECORD_HEADER: usize = 20;
 const SUBDIR: &str = "queue";
 const EXTENSION: &str = "seg";
 
-/// About how many bytes of blocks go into one segment written whole
-/// ([`write_segment`]); also the largest segment the writer fills.
-pub(super) const IMPORT_CHUNK_BYTES: usize = 8 << 20;
+/// Largest segment file: the writer rolls past it (or past a sixteenth of
+/// `max_bytes`, if smaller), and [`SegmentBuilder`] cuts its segments here.
+pub(super) const MAX_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The `corrupt_blocks` key of what was set aside from `offset` of
+/// `segment`: both big-endian, so the tree sorts in queue order.
+pub(super) fn place_key(segment: u64, offset: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&segment.to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
 
 /// The queue directory of the spool in `dir`.
 pub(super) fn queue_dir(dir: &Path) -> PathBuf {
@@ -346,17 +355,37 @@ impl Queue {
 
     /// Deletes the segments, oldest first, as long as `doomed` says so;
     /// returns how many bytes and unacknowledged readings went. The last
-    /// segment is replaced by an empty successor first (see the invariants).
+    /// segment is replaced by an empty successor first (see the invariants),
+    /// so only the writer's thread (or a spool with no writes going on) may
+    /// call this: the writer appends to the last segment.
     pub fn drop_while(
         &self,
         acked: u64,
+        doomed: impl FnMut(&Segment) -> bool,
+    ) -> io::Result<(u64, u64)> {
+        self.remove_front(acked, true, doomed)
+    }
+
+    /// Deletes the segments, except the last, whose readings are all <=
+    /// `acked`; returns the bytes freed. Safe beside the writer.
+    pub fn trim(&self, acked: u64) -> io::Result<u64> {
+        self.remove_front(acked, false, |segment| segment.last_seq <= acked)
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// [`Queue::drop_while`], and with `last: false`, [`Queue::trim`]: the
+    /// last segment is kept.
+    fn remove_front(
+        &self,
+        acked: u64,
+        last: bool,
         mut doomed: impl FnMut(&Segment) -> bool,
     ) -> io::Result<(u64, u64)> {
         let mut gone = Vec::new();
         {
             let mut state = self.state.lock().expect("queue lock");
             while let Some((&name, segment)) = state.segments.iter().next() {
-                if !doomed(segment) {
+                if !doomed(segment) || (!last && state.segments.len() == 1) {
                     break;
                 }
                 if state.segments.len() == 1 {
@@ -382,29 +411,6 @@ impl Queue {
             remove_file(&segment_path(&self.dir, name))?;
         }
         Ok((bytes, readings))
-    }
-
-    /// Deletes the segments, except the last, whose readings are all <= `acked`.
-    pub fn trim(&self, acked: u64) -> io::Result<u64> {
-        let mut gone = Vec::new();
-        {
-            let mut state = self.state.lock().expect("queue lock");
-            while state.segments.len() > 1 {
-                let (&name, segment) = state.segments.iter().next().expect("len > 1");
-                if segment.last_seq > acked {
-                    break;
-                }
-                let segment = state.segments.remove(&name).expect("present");
-                state.damaged.retain(|(s, _), _| *s != name);
-                gone.push((name, segment.len));
-            }
-        }
-        let mut bytes = 0;
-        for (name, len) in gone {
-            bytes += len;
-            remove_file(&segment_path(&self.dir, name))?;
-        }
-        Ok(bytes)
     }
 
     /// Reads the queue in order from the block holding `after + 1`, handing
@@ -678,12 +684,45 @@ fn scan_headers(path: &Path) -> io::Result<(Segment, u64)> {
     Ok((segment, 0))
 }
 
+/// Writes blocks (in seq order) into new segments of about
+/// [`MAX_SEGMENT_BYTES`] each, every one whole or not at all (see
+/// [`write_segment`]): for importing a queue that sled held, and for the
+/// copy an erasure makes.
+pub(super) struct SegmentBuilder<'a> {
+    dir: &'a Path,
+    chunk: Vec<(u64, Vec<u8>)>,
+    size: u64,
+}
+
+impl SegmentBuilder<'_> {
+    pub fn new(dir: &Path) -> SegmentBuilder<'_> {
+        SegmentBuilder {
+            dir,
+            chunk: Vec::new(),
+            size: 0,
+        }
+    }
+
+    pub fn push(&mut self, first_seq: u64, block: Vec<u8>) -> io::Result<()> {
+        self.size += block.len() as u64;
+        self.chunk.push((first_seq, block));
+        if self.size < MAX_SEGMENT_BYTES {
+            return Ok(());
+        }
+        self.size = 0;
+        write_segment(self.dir, &std::mem::take(&mut self.chunk))
+    }
+
+    pub fn finish(self) -> io::Result<()> {
+        write_segment(self.dir, &self.chunk)
+    }
+}
+
 /// Writes `blocks` as one new segment named by the first one's seq, whole
-/// or not at all (a temporary file, synced, then renamed): for importing a
-/// queue that sled held, and for the copy an erasure makes. A segment of
+/// or not at all (a temporary file, synced, then renamed). A segment of
 /// that name already there is left as it is (an import that completed
 /// before a crash).
-pub(super) fn write_segment(dir: &Path, blocks: &[(u64, Vec<u8>)]) -> io::Result<()> {
+fn write_segment(dir: &Path, blocks: &[(u64, Vec<u8>)]) -> io::Result<()> {
     let Some(&(name, _)) = blocks.first() else {
         return Ok(());
     };

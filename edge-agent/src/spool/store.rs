@@ -170,7 +170,13 @@ pub(super) struct Files {
     path: PathBuf,
     /// `None` only for the moment of a reopen.
     trees: RwLock<Option<Trees>>,
+    /// Since when sled has been refusing writes (whoever saw it fail: the
+    /// writer or an acknowledgement); the writer reopens it.
+    broken: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long the writer waits between attempts to reopen failed sled files.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Files {
     /// Runs `f` on the open trees; an error if a reopen failed.
@@ -187,6 +193,40 @@ impl Files {
                     "spool files are being reopened after a write failure".into(),
                 ),
             }),
+        }
+    }
+
+    /// Notes that a sled write failed: sled refuses every later one until
+    /// it is reopened.
+    pub fn mark_broken(&self) {
+        self.broken
+            .lock()
+            .expect("spool files lock")
+            .get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// If sled failed, reopens it (at most once per [`REOPEN_INTERVAL`]);
+    /// an error while it is still failed.
+    pub fn recover(&self) -> Result<(), SpoolError> {
+        let mut broken = self.broken.lock().expect("spool files lock");
+        let Some(since) = *broken else {
+            return Ok(());
+        };
+        if since.elapsed() < REOPEN_INTERVAL {
+            return Err(self.storage_error(sled::Error::Unsupported(
+                "spool storage failed; waiting to reopen it".into(),
+            )));
+        }
+        match self.reopen() {
+            Ok(()) => {
+                *broken = None;
+                tracing::info!("spool storage reopened; accepting writes again");
+                Ok(())
+            }
+            Err(err) => {
+                *broken = Some(std::time::Instant::now());
+                Err(self.storage_error(err))
+            }
         }
     }
 
@@ -246,21 +286,16 @@ pub(super) fn open_sled(dir: &Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
-/// Largest segment file of the queue; smaller when `max_bytes` is small,
-/// so that drop-oldest frees room in steps of a sixteenth of it.
-const MAX_SEGMENT_BYTES: u64 = segments::IMPORT_CHUNK_BYTES as u64;
-
 /// Moves the blocks of a spool written before the queue left sled (its
 /// tree `queue`) into segment files, then drops the tree. A crash half way
 /// repeats the import next time: segments already written are kept as they
-/// are (see [`segments::write_segment`]).
+/// are (see [`segments::SegmentBuilder`]).
 pub(super) fn import_sled_queue(db: &sled::Db, dir: &Path) -> std::io::Result<()> {
     if !db.tree_names().iter().any(|name| name.as_ref() == b"queue") {
         return Ok(());
     }
     let tree = db.open_tree("queue")?;
-    let mut chunk: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut size = 0;
+    let mut segments = segments::SegmentBuilder::new(dir);
     for entry in tree.iter() {
         let (key, value) = entry?;
         let first_seq = key
@@ -270,15 +305,9 @@ pub(super) fn import_sled_queue(db: &sled::Db, dir: &Path) -> std::io::Result<()
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "queue key is not 8 bytes")
             })?;
-        size += value.len() as u64;
-        chunk.push((first_seq, value.to_vec()));
-        if size >= MAX_SEGMENT_BYTES {
-            segments::write_segment(dir, &chunk)?;
-            chunk.clear();
-            size = 0;
-        }
+        segments.push(first_seq, value.to_vec())?;
     }
-    segments::write_segment(dir, &chunk)?;
+    segments.finish()?;
     drop(tree);
     db.drop_tree("queue")?;
     db.flush()?;
@@ -505,6 +534,7 @@ impl Spool {
         let files = Arc::new(Files {
             path: dir.to_path_buf(),
             trees: RwLock::new(Some(trees)),
+            broken: Mutex::default(),
         });
         let queue = Arc::new(queue);
         let inner = Arc::new(Inner {
@@ -530,7 +560,8 @@ impl Spool {
             max_block_records: options.max_block_records.max(1),
             max_dead_letters: options.max_dead_letters,
             max_bytes: options.max_bytes,
-            segment_bytes: (options.max_bytes / 16).clamp(1, MAX_SEGMENT_BYTES),
+            // Small enough that drop-oldest frees room in sixteenths.
+            segment_bytes: (options.max_bytes / 16).clamp(1, segments::MAX_SEGMENT_BYTES),
             max_age: options.max_age,
             full_policy: options.full_policy,
             min_free_bytes: options.min_free_bytes,
@@ -785,12 +816,10 @@ impl Spool {
             "spool block does not decode; copied to corrupt_blocks and skipped"
         );
         self.inner.metrics.corrupt_blocks.inc();
-        let mut key = segment.to_be_bytes().to_vec();
-        key.extend_from_slice(&offset.to_be_bytes());
         self.inner.files.with(|trees| {
             trees
                 .corrupt
-                .insert(key, bytes)
+                .insert(segments::place_key(segment, offset), bytes)
                 .map(|_| ())
                 .map_err(|s| self.storage(s))
         })
@@ -798,8 +827,10 @@ impl Spool {
 
     /// Records that the collector stored every reading with seq <= `upto`
     /// (`count` of them were pending), and deletes the segments that are
-    /// done. If the write fails, the acknowledgement still counts in
-    /// memory and the next successful `ack` records its own seq.
+    /// done. If the write of `acked_seq` fails, the acknowledgement still
+    /// counts in memory (and its segments still go: on a full disk they are
+    /// the room the spool needs), sled is reopened by the writer, and the
+    /// next successful `ack` records its own seq.
     pub fn ack(&self, upto: u64, count: u64) -> Result<(), SpoolError> {
         let inner = &self.inner;
         let counters = &inner.counters;
@@ -810,23 +841,24 @@ impl Spool {
         counters.sub_pending(count);
         inner.metrics.records.dec_by(count as i64);
         inner.metrics.acked_seq.set(upto as i64);
-        inner.files.with(|trees| {
-            trees
-                .meta
-                .insert(ACKED_SEQ, &upto.to_be_bytes())
-                .map(|_| ())
-                .map_err(|s| self.storage(s))
-        })?;
-        inner
-            .queue
-            .trim(upto)
-            .map_err(|e| self.storage(sled::Error::Io(e)))?;
+        let trimmed = inner.queue.trim(upto);
         counters.bytes.store(inner.queue.bytes(), Ordering::Release);
         inner
             .metrics
             .bytes
             .set(counters.bytes.load(Ordering::Acquire) as i64);
-        Ok(())
+        let recorded = inner.files.with(|trees| {
+            trees
+                .meta
+                .insert(ACKED_SEQ, &upto.to_be_bytes())
+                .map(|_| ())
+                .map_err(|s| self.storage(s))
+        });
+        if recorded.is_err() {
+            inner.files.mark_broken();
+        }
+        trimmed.map_err(|e| self.storage(sled::Error::Io(e)))?;
+        recorded
     }
 
     /// Keeps readings the collector refused for good, with the reason.

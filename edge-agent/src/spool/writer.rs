@@ -27,7 +27,7 @@ use broker::ReasonLabel;
 use broker::{Disposition, Incoming, SinkError};
 use serde_bytes::ByteBuf;
 use telemetry::Envelope;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use super::block::{self, DeadLetter};
 use super::seal::KeyRing;
@@ -254,10 +254,6 @@ impl DiskGuard {
     }
 }
 
-/// How long the writer waits between attempts to reopen failed storage;
-/// groups that arrive meanwhile fail at once, so devices are not kept waiting.
-const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
-
 /// What the writer thread owns or shares.
 pub(super) struct Writer {
     pub files: Arc<Files>,
@@ -284,9 +280,6 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
     } = writer;
     let mut group = Vec::with_capacity(config.max_block_records);
     let mut appender = Appender::default();
-    // When the last write failed: sled refuses all writes after an I/O error
-    // until it is reopened, which is retried every REOPEN_INTERVAL.
-    let mut broken: Option<Instant> = None;
     let mut drops = DropLog::default();
     // Failed groups since the last ERROR line, and when that line was written.
     let mut failures = 0u64;
@@ -296,6 +289,8 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         let first = match rx.recv_timeout(TICK) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
+                // sled may have failed under an acknowledgement too.
+                let _ = files.recover();
                 watermark.write();
                 expire(&queue, &counters, &config, &metrics, &mut drops);
                 last_expiry = Instant::now();
@@ -311,7 +306,6 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         let written = if disk.has_room() {
             let mut output = Output {
                 files: &files,
-                broken: &mut broken,
                 queue: &queue,
                 appender: &mut appender,
             };
@@ -351,9 +345,6 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
                 );
             }
             Err(WriteError::Storage(err)) => {
-                if broken.is_none() {
-                    broken = Some(Instant::now());
-                }
                 metrics.write_errors.inc();
                 failures += 1;
                 // Every failed group is counted; the log gets one line per
@@ -374,6 +365,7 @@ pub(super) fn run(rx: Receiver<Item>, writer: Writer, on_durable: impl Fn(u64, u
         }
         group.clear();
         if last_expiry.elapsed() >= TICK {
+            let _ = files.recover();
             expire(&queue, &counters, &config, &metrics, &mut drops);
             last_expiry = Instant::now();
         }
@@ -424,29 +416,6 @@ fn expire(
     }
 }
 
-/// After a failed write, reopens the files at most once per interval.
-fn recover(files: &Files, broken: &mut Option<Instant>) -> Result<(), SpoolError> {
-    let Some(since) = *broken else {
-        return Ok(());
-    };
-    if since.elapsed() < REOPEN_INTERVAL {
-        return Err(files.storage_error(sled::Error::Unsupported(
-            "spool storage failed; waiting to reopen it".into(),
-        )));
-    }
-    match files.reopen() {
-        Ok(()) => {
-            *broken = None;
-            info!("spool storage reopened; accepting writes again");
-            Ok(())
-        }
-        Err(err) => {
-            *broken = Some(Instant::now());
-            Err(files.storage_error(err))
-        }
-    }
-}
-
 /// Adds queued items to `group` until it is full or `flush_interval` has passed.
 fn gather(rx: &Receiver<Item>, group: &mut Vec<Item>, config: &WriterConfig) {
     let deadline = Instant::now() + config.flush_interval;
@@ -472,7 +441,6 @@ fn gather(rx: &Receiver<Item>, group: &mut Vec<Item>, config: &WriterConfig) {
 /// readings to the queue's last segment.
 struct Output<'a> {
     files: &'a Files,
-    broken: &'a mut Option<Instant>,
     queue: &'a Queue,
     appender: &'a mut Appender,
 }
@@ -508,7 +476,7 @@ fn write_group(
     }
     if !dead.is_empty() {
         let last_seq = group.last().map_or(0, |item| item.seq);
-        write_dead_letters(out.files, out.broken, &dead, last_seq, config)?;
+        write_dead_letters(out.files, &dead, last_seq, config)?;
         metrics
             .dead_letters
             .set(out.files.with(|t| Ok(t.dead_letters.len())).unwrap_or(0) as i64);
@@ -543,13 +511,12 @@ fn write_group(
 /// seqs are in no segment) and flushes sled.
 fn write_dead_letters(
     files: &Files,
-    broken: &mut Option<Instant>,
     dead: &[DeadLetter],
     last_seq: u64,
     config: &WriterConfig,
 ) -> Result<(), WriteError> {
     let failed = |e: SpoolError| WriteError::Storage(sled::Error::Unsupported(e.to_string()));
-    recover(files, broken).map_err(failed)?;
+    files.recover().map_err(failed)?;
     let written = files.with(|trees| {
         let storage = |e| files.storage_error(e);
         for letter in dead {
@@ -567,9 +534,8 @@ fn write_dead_letters(
         trees.db.flush().map_err(storage)?;
         Ok(())
     });
-    if written.is_err() && broken.is_none() {
-        // sled refuses every write after an I/O error until it is reopened.
-        *broken = Some(Instant::now());
+    if written.is_err() {
+        files.mark_broken();
     }
     written.map_err(failed)
 }
