@@ -8,6 +8,9 @@
 //! ```text
 //! read_mut: frame a packet with V4; on PUBLISH: validate topic and payload,
 //!           submit to the sink (spool) and remember the ticket
+//! route:    a QoS 0/1 publish whose topic nobody subscribed to skips
+//!           rumqttd's router; the connection writes its PUBACK itself
+//!           (vendored patch 7, `subscriptions.rs`)
 //! ready_to_write: before a batch holding a PUBACK/PUBREC, a future that
 //!           waits (without a thread) until the connection's last ticket has
 //!           an outcome, when the sink offers an outcome channel
@@ -28,12 +31,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Error, Packet, Protocol, Publish};
+use rumqttd::protocol::{Error, Packet, Protocol, Publish, Route};
 use telemetry::{check_well_formed, CborError, Limits};
 use tracing::{error, warn};
 
 use crate::metrics::{BrokerMetrics, QosLabel, ReasonLabel};
 use crate::sink::{Disposition, Incoming, IngestSink, Ticket};
+use crate::subscriptions::{RouteState, Subscriptions};
 use crate::topic::device_id_from_topic;
 
 /// How often a device's rejected publishes are logged at most.
@@ -50,6 +54,8 @@ struct Shared {
     metrics: BrokerMetrics,
     /// Last time a rejection was logged per device, to log once per interval.
     reject_log: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Every filter subscribed on the broker, all listeners together.
+    subscriptions: Arc<Subscriptions>,
 }
 
 /// Per-connection state. `write` takes `&self`, hence the atomics.
@@ -80,15 +86,18 @@ impl Drop for Connection {
 pub struct IngestCodec {
     shared: Arc<Shared>,
     conn: Arc<Connection>,
+    /// Whether this connection's publishes may still skip the router.
+    route: RouteState,
 }
 
 impl IngestCodec {
-    pub fn new(
+    pub(crate) fn new(
         sink: Arc<dyn IngestSink>,
         limits: Limits,
         durable_timeout: Duration,
         metrics: BrokerMetrics,
         authenticated: bool,
+        subscriptions: Arc<Subscriptions>,
     ) -> IngestCodec {
         IngestCodec {
             shared: Arc::new(Shared {
@@ -98,8 +107,10 @@ impl IngestCodec {
                 durable_timeout,
                 metrics,
                 reject_log: Mutex::default(),
+                subscriptions,
             }),
             conn: Arc::default(),
+            route: RouteState::default(),
         }
     }
 
@@ -108,6 +119,7 @@ impl IngestCodec {
         IngestCodec {
             shared: self.shared.clone(),
             conn: Arc::default(),
+            route: RouteState::default(),
         }
     }
 
@@ -255,6 +267,7 @@ impl Clone for IngestCodec {
                 username: Mutex::default(),
                 metrics: Some(self.shared.metrics.clone()),
             }),
+            route: RouteState::default(),
         }
     }
 }
@@ -330,6 +343,34 @@ impl Protocol for IngestCodec {
             let decided = outcomes.wait_for(|&processed| processed >= ticket);
             let _ = tokio::time::timeout(timeout, decided).await;
         }))
+    }
+
+    /// Keeps a QoS 0/1 publish from the router when nothing subscribed to
+    /// its topic: it is spooled already, and the connection acknowledges it
+    /// itself (through `ready_to_write` and `write` like any PUBACK). Notes
+    /// every subscribed filter on the way to the router.
+    fn route(&mut self, packet: &Packet) -> Route {
+        match packet {
+            Packet::Publish(publish, _) => {
+                let qos = publish.qos() as u8;
+                let subscriptions = &self.shared.subscriptions;
+                if self
+                    .route
+                    .may_skip(subscriptions, &publish.topic, qos, publish.retain)
+                {
+                    Route::Keep
+                } else {
+                    Route::Router
+                }
+            }
+            Packet::Subscribe(subscribe, _) => {
+                for filter in &subscribe.filters {
+                    self.shared.subscriptions.add(&filter.path);
+                }
+                Route::Router
+            }
+            _ => Route::Router,
+        }
     }
 
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {

@@ -13,6 +13,7 @@ mod metrics;
 pub mod replay;
 mod server;
 mod sink;
+mod subscriptions;
 mod tls;
 mod topic;
 

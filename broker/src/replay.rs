@@ -67,6 +67,7 @@ pub fn read_client_bytes(bytes: &[u8], chunk: usize, authenticated: bool) -> Rep
         Duration::from_secs(1),
         BrokerMetrics::default(),
         authenticated,
+        Arc::default(),
     );
     // rumqttd clones the template per accepted connection; so do we.
     let mut codec = template.clone();

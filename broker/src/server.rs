@@ -36,6 +36,7 @@ use crate::auth::DeviceRegistry;
 use crate::codec::IngestCodec;
 use crate::metrics::BrokerMetrics;
 use crate::sink::IngestSink;
+use crate::subscriptions::Subscriptions;
 use crate::tls::front::{Front, FrontToken};
 use crate::tls::{TlsConfig, TlsError};
 
@@ -130,6 +131,8 @@ impl Broker {
         if config.devices.is_none() {
             tracing::warn!("no device file: any client may publish as any device");
         }
+        // One set for both listeners: their publishes share one router.
+        let subscriptions = Arc::new(Subscriptions::default());
         let codec = |authenticated| {
             IngestCodec::new(
                 sink.clone(),
@@ -137,6 +140,7 @@ impl Broker {
                 config.durable_timeout,
                 metrics.clone(),
                 authenticated,
+                subscriptions.clone(),
             )
         };
 

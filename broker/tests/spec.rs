@@ -218,3 +218,93 @@ async fn garbage_and_oversized_packets_only_cost_their_own_connection() {
         "the steady device's reading was kept"
     );
 }
+
+/// §4.6: PUBACKs go out in the order of their publishes, also across the
+/// moment a connection's publishes start to need the router (here: the
+/// connection subscribes to its own topic half way), when the first half is
+/// acknowledged by the connection itself and the second half by the router.
+/// A subscriber gets what was published after its SUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_keep_publish_order_when_a_subscription_moves_publishes_onto_the_router() {
+    let sink = Arc::new(InstantSink::default());
+    let broker = start(sink.clone());
+    let mut opts = options(&broker, "ordered");
+    opts.set_inflight(200);
+    let (client, mut events) = AsyncClient::new(opts, 300);
+    until(&mut events, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    let topic = "devices/ordered/telemetry";
+    for n in 0u8..100 {
+        if n == 50 {
+            client.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+        }
+        client
+            .publish(topic, QoS::AtLeastOnce, false, vec![n])
+            .await
+            .unwrap();
+    }
+    let mut pubacks = Vec::new();
+    let mut echoed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pubacks.len() < 100 {
+            match events.poll().await.expect("connection stays up") {
+                Event::Incoming(Packet::PubAck(ack)) => pubacks.push(ack.pkid),
+                Event::Incoming(Packet::Publish(p)) => echoed.push(p.payload[0]),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("100 PUBACKs within 10 s");
+    // The SUBSCRIBE took packet id 51.
+    let expected: Vec<u16> = (1..=50).chain(52..=101).collect();
+    assert_eq!(pubacks, expected, "in publish order");
+    assert_eq!(sink.items.lock().unwrap().len(), 100);
+    // Publishes after the SUBSCRIBE reach the subscriber (this connection).
+    let echoed_after = until(
+        &mut events,
+        |e| matches!(e, Event::Incoming(Packet::Publish(p)) if p.payload[0] == 99),
+    );
+    if !echoed.contains(&99) {
+        echoed_after.await;
+    }
+}
+
+/// §3.3.1.3: a retained publish is kept for subscribers that come later,
+/// though publishes nobody subscribed to otherwise skip the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_publish_reaches_a_later_subscriber() {
+    let broker = start(Arc::default());
+    let (device, mut device_events) = AsyncClient::new(options(&broker, "retainer"), 10);
+    let topic = "devices/retainer/telemetry";
+    device
+        .publish(topic, QoS::AtLeastOnce, true, vec![0xa1])
+        .await
+        .unwrap();
+    device
+        .publish(topic, QoS::AtLeastOnce, false, vec![0xa2])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        until(&mut device_events, |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_)))
+        })
+        .await;
+    }
+    let (watcher, mut watcher_events) = AsyncClient::new(options(&broker, "watcher"), 10);
+    watcher
+        .subscribe("devices/+/telemetry", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let event = until(&mut watcher_events, |e| {
+        matches!(e, Event::Incoming(Packet::Publish(_)))
+    })
+    .await;
+    let Event::Incoming(Packet::Publish(retained)) = event else {
+        unreachable!()
+    };
+    assert!(retained.retain);
+    assert_eq!(&retained.payload[..], [0xa1]);
+}

@@ -10,7 +10,7 @@ use std::{
 };
 use tokio::time::{error::Elapsed, Duration};
 
-use crate::protocol::{self, Packet, Protocol};
+use crate::protocol::{self, Packet, Protocol, PubAck, PubAckReason, QoS, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -114,23 +114,54 @@ impl<P: Protocol> Network<P> {
 
     /// Read packets in bulk. This allow replies to be in bulk. This method is used
     /// after the connection is established to read a bunch of incoming packets
-    pub fn readv(&mut self, packets: &mut VecDeque<Packet>) -> Result<usize, Error> {
-        loop {
+    ///
+    /// PATCH(edge-telemetry) #7: `first` (already read) and every packet read
+    /// here go where the protocol routes them: to `packets` for the router,
+    /// or, for a publish it keeps, nowhere but a PUBACK in `answers` (QoS 1).
+    /// Returns how many went to the router. At most
+    /// `max_connection_buffer_len` packets are read per call, wherever they went.
+    pub fn readv(
+        &mut self,
+        first: Packet,
+        packets: &mut VecDeque<Packet>,
+        answers: &mut VecDeque<Packet>,
+    ) -> Result<usize, Error> {
+        let mut routed = 0;
+        let mut read = 1;
+        let mut next = Some(first);
+        while let Some(packet) = next.take() {
+            match (self.protocol.route(&packet), &packet) {
+                (Route::Keep, Packet::Publish(publish, _)) if publish.qos == QoS::AtMostOnce => {}
+                (Route::Keep, Packet::Publish(publish, _)) if publish.qos == QoS::AtLeastOnce => {
+                    let ack = PubAck {
+                        pkid: publish.pkid,
+                        reason: PubAckReason::Success,
+                    };
+                    answers.push_back(Packet::PubAck(ack, None));
+                }
+                _ => {
+                    packets.push_back(packet);
+                    routed += 1;
+                }
+            }
+            if read >= self.max_connection_buffer_len
+                || packets.len() >= self.max_connection_buffer_len
+            {
+                break;
+            }
             match self
                 .protocol
                 .read_mut(&mut self.read, self.max_incoming_size)
             {
                 Ok(packet) => {
-                    packets.push_back(packet);
-                    let connection_buffer_length = packets.len();
-                    if connection_buffer_length >= self.max_connection_buffer_len {
-                        return Ok(connection_buffer_length);
-                    }
+                    read += 1;
+                    next = Some(packet);
                 }
-                Err(protocol::Error::InsufficientBytes(_)) => return Ok(packets.len()),
+                Err(protocol::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.to_string()).into()),
             }
         }
+        Ok(routed)
     }
 
     pub async fn write(&mut self, packet: Packet) -> Result<(), Error> {

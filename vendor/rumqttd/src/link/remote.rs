@@ -134,15 +134,23 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 o = self.network.read() => {
                     let packet = o?;
-                    let len = {
+                    // PATCH(edge-telemetry) #7: the protocol may keep a packet
+                    // from the router and answer it here instead.
+                    let mut answers = VecDeque::new();
+                    let routed = {
                         let mut buffer = self.link_tx.buffer();
-                        buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
-                        buffer.len()
+                        self.network.readv(packet, &mut buffer, &mut answers)?
                     };
 
-                    trace!("Packets read from network, count = {}", len);
-                    self.link_tx.notify().await?;
+                    trace!("Packets read from network, routed = {}, answered = {}", routed, answers.len());
+                    if routed > 0 {
+                        self.link_tx.notify().await?;
+                    }
+                    // Written before the next read, so a later packet's
+                    // answer from the router cannot overtake these.
+                    if !answers.is_empty() {
+                        self.network.writev(answers).await?;
+                    }
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request

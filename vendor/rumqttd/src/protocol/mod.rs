@@ -191,6 +191,11 @@ impl Publish {
         }
     }
 
+    /// PATCH(edge-telemetry) #7: the QoS, for a protocol routing publishes.
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -745,6 +750,19 @@ pub enum Error {
     InsufficientBytes(usize),
 }
 
+/// PATCH(edge-telemetry) #7: where a connection sends a packet it read
+/// after CONNECT (see [`Protocol::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the router, as upstream does with every packet.
+    Router,
+    /// A QoS 0 or 1 publish the protocol has kept itself: the router never
+    /// sees it, and the connection writes its PUBACK (QoS 1) back before it
+    /// reads on, so acknowledgements keep the order of their publishes. Any
+    /// other packet goes to the router whatever the protocol says.
+    Keep,
+}
+
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
@@ -758,5 +776,14 @@ pub trait Protocol {
         _packets: &std::collections::VecDeque<Packet>,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         None
+    }
+
+    /// PATCH(edge-telemetry) #7: asked for every packet a connection reads
+    /// after CONNECT. A protocol that keeps publishes itself answers those
+    /// nobody subscribed to without the router's thread, commit log and
+    /// per-connection queues in between. `Route::Router` (the default)
+    /// keeps upstream's path.
+    fn route(&mut self, _packet: &Packet) -> Route {
+        Route::Router
     }
 }
