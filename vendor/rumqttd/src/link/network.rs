@@ -171,6 +171,14 @@ impl<P: Protocol> Network<P> {
         Ok(())
     }
 
+    /// PATCH(edge-telemetry) #7: the protocol's [`Protocol::ready_to_write`].
+    pub fn ready_to_write(
+        &self,
+        packets: &VecDeque<Packet>,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        self.protocol.ready_to_write(packets)
+    }
+
     pub async fn writev(&mut self, packets: VecDeque<Packet>) -> Result<(), Error> {
         // PATCH(edge-telemetry) #6: let the protocol hold the batch back
         // (asynchronously) before any of it is encoded.

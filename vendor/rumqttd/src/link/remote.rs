@@ -128,35 +128,53 @@ impl<P: Protocol> RemoteLink<P> {
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 
+        // PATCH(edge-telemetry) #7: PUBACKs of publishes the protocol kept
+        // from the router, oldest first, and the protocol's future that
+        // tells when they may be written. The connection goes on reading
+        // while they wait, so more publishes join the same durable write.
+        let mut answers: VecDeque<Packet> = VecDeque::new();
+        let mut ready: Option<Ready> = None;
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            if ready.is_none() && !answers.is_empty() {
+                ready = self.network.ready_to_write(&answers);
+                if ready.is_none() {
+                    self.network.writev(std::mem::take(&mut answers)).await?;
+                }
+            }
             select! {
                 o = self.network.read() => {
                     let packet = o?;
-                    // PATCH(edge-telemetry) #7: the protocol may keep a packet
-                    // from the router and answer it here instead.
-                    let mut answers = VecDeque::new();
+                    let answered = answers.len();
                     let routed = {
                         let mut buffer = self.link_tx.buffer();
                         self.network.readv(packet, &mut buffer, &mut answers)?
                     };
 
-                    trace!("Packets read from network, routed = {}, answered = {}", routed, answers.len());
+                    trace!("Packets read from network, routed = {}, answered = {}", routed, answers.len() - answered);
                     if routed > 0 {
                         self.link_tx.notify().await?;
                     }
-                    // Written before the next read, so a later packet's
-                    // answer from the router cannot overtake these.
-                    if !answers.is_empty() {
-                        self.network.writev(answers).await?;
+                    if answers.len() > answered {
+                        // Wait for the newest publish, not only the older ones.
+                        ready = None;
                     }
+                }
+                _ = async { ready.as_mut().expect("checked").await }, if ready.is_some() => {
+                    ready = None;
+                    self.network.writev(std::mem::take(&mut answers)).await?;
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request
                 o = self.link_rx.exchange(&mut self.notifications) => {
                     o?;
-                    let mut packets = VecDeque::new();
+                    // PATCH(edge-telemetry) #7: answers still waiting are
+                    // older than anything the router acknowledges, so they
+                    // go first.
+                    let mut packets = std::mem::take(&mut answers);
+                    ready = None;
                     let mut unscheduled = false;
 
                     for notif in self.notifications.drain(..) {
@@ -176,6 +194,9 @@ impl<P: Protocol> RemoteLink<P> {
         }
     }
 }
+
+/// PATCH(edge-telemetry) #7: what [`Protocol::ready_to_write`] returns.
+type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.
