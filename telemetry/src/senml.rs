@@ -314,36 +314,92 @@ impl From<&Record> for RawRecord {
     }
 }
 
-/// Encodes records as a SenML-CBOR pack with integer labels.
+/// Encodes records as a SenML-CBOR pack with integer labels, each record's
+/// entries in CBOR's canonical key order and floats as short as they stay
+/// exact (the bytes a `serde_cbor::Value` map would give), written straight
+/// into one buffer: simulated fleets encode every reading this way.
 pub fn encode_pack(records: &[RawRecord]) -> Vec<u8> {
-    let pack: Vec<Cbor> = records.iter().map(|r| Cbor::Map(raw_to_map(r))).collect();
-    serde_cbor::to_vec(&Cbor::Array(pack)).expect("a cbor value always serializes")
+    let mut out = Vec::with_capacity(8 + 64 * records.len());
+    serde_cbor::to_writer(&mut out, &WirePack(records)).expect("a pack always serializes");
+    out
 }
 
-fn raw_to_map(r: &RawRecord) -> BTreeMap<Cbor, Cbor> {
-    let mut m = BTreeMap::new();
-    let mut put = |label: i128, v: Option<Cbor>| {
-        if let Some(v) = v {
-            m.insert(Cbor::Integer(label), v);
+struct WirePack<'a>(&'a [RawRecord]);
+
+impl serde::Serialize for WirePack<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for record in self.0 {
+            seq.serialize_element(&WireRecord(record))?;
         }
-    };
-    put(label::BN, r.base_name.clone().map(Cbor::Text));
-    put(label::BT, r.base_time.map(Cbor::Float));
-    put(label::BU, r.base_unit.clone().map(Cbor::Text));
-    put(label::BV, r.base_value.map(Cbor::Float));
-    put(label::BS, r.base_sum.map(Cbor::Float));
-    put(label::N, r.name.clone().map(Cbor::Text));
-    put(label::U, r.unit.clone().map(Cbor::Text));
-    put(label::S, r.sum.map(Cbor::Float));
-    put(label::T, r.time.map(Cbor::Float));
-    match &r.value {
-        Some(Value::Float(v)) => put(label::V, Some(Cbor::Float(*v))),
-        Some(Value::String(s)) => put(label::VS, Some(Cbor::Text(s.clone()))),
-        Some(Value::Bool(b)) => put(label::VB, Some(Cbor::Bool(*b))),
-        Some(Value::Bytes(b)) => put(label::VD, Some(Cbor::Bytes(b.clone()))),
-        None => {}
+        seq.end()
     }
-    m
+}
+
+struct WireRecord<'a>(&'a RawRecord);
+
+impl serde::Serialize for WireRecord<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.0;
+        let entries = [
+            r.base_sum.is_some(),
+            r.base_value.is_some(),
+            r.base_unit.is_some(),
+            r.base_time.is_some(),
+            r.base_name.is_some(),
+            r.name.is_some(),
+            r.unit.is_some(),
+            r.value.is_some(),
+            r.sum.is_some(),
+            r.time.is_some(),
+        ]
+        .into_iter()
+        .filter(|present| *present)
+        .count();
+        let mut map = serializer.serialize_map(Some(entries))?;
+        // CBOR's canonical key order (RFC 7049 §3.9), as `serde_cbor::Value`
+        // sorts map keys: n 0, u 1, v 2 | vs 3 | vb 4, s 5, t 6, vd 8, then
+        // bn -2, bt -3, bu -4, bv -5, bs -6.
+        if let Some(v) = &r.name {
+            map.serialize_entry(&label::N, v)?;
+        }
+        if let Some(v) = &r.unit {
+            map.serialize_entry(&label::U, v)?;
+        }
+        match &r.value {
+            Some(Value::Float(v)) => map.serialize_entry(&label::V, v)?,
+            Some(Value::String(v)) => map.serialize_entry(&label::VS, v)?,
+            Some(Value::Bool(v)) => map.serialize_entry(&label::VB, v)?,
+            Some(Value::Bytes(_)) | None => {}
+        }
+        if let Some(v) = r.sum {
+            map.serialize_entry(&label::S, &v)?;
+        }
+        if let Some(v) = r.time {
+            map.serialize_entry(&label::T, &v)?;
+        }
+        if let Some(Value::Bytes(v)) = &r.value {
+            map.serialize_entry(&label::VD, serde_bytes::Bytes::new(v))?;
+        }
+        if let Some(v) = &r.base_name {
+            map.serialize_entry(&label::BN, v)?;
+        }
+        if let Some(v) = r.base_time {
+            map.serialize_entry(&label::BT, &v)?;
+        }
+        if let Some(v) = &r.base_unit {
+            map.serialize_entry(&label::BU, v)?;
+        }
+        if let Some(v) = r.base_value {
+            map.serialize_entry(&label::BV, &v)?;
+        }
+        if let Some(v) = r.base_sum {
+            map.serialize_entry(&label::BS, &v)?;
+        }
+        map.end()
+    }
 }
 
 #[cfg(test)]

@@ -176,8 +176,43 @@ fn raw_record() -> impl Strategy<Value = RawRecord> {
     )
 }
 
+/// The pack `encode_pack` wrote before it serialized records directly: a
+/// `serde_cbor::Value` map per record, entries ordered by the map.
+fn encode_pack_through_values(records: &[RawRecord]) -> Vec<u8> {
+    let labelled = |record: &RawRecord| {
+        let value = record.value.as_ref().map(|value| match value {
+            Value::Float(v) => (2, Cbor::Float(*v)),
+            Value::String(v) => (3, Cbor::Text(v.clone())),
+            Value::Bool(v) => (4, Cbor::Bool(*v)),
+            Value::Bytes(v) => (8, Cbor::Bytes(v.clone())),
+        });
+        [
+            (-2, record.base_name.clone().map(Cbor::Text)),
+            (-3, record.base_time.map(Cbor::Float)),
+            (-4, record.base_unit.clone().map(Cbor::Text)),
+            (-5, record.base_value.map(Cbor::Float)),
+            (-6, record.base_sum.map(Cbor::Float)),
+            (0, record.name.clone().map(Cbor::Text)),
+            (1, record.unit.clone().map(Cbor::Text)),
+            (5, record.sum.map(Cbor::Float)),
+            (6, record.time.map(Cbor::Float)),
+        ]
+        .into_iter()
+        .chain(value.map(|(label, v)| (label, Some(v))))
+        .filter_map(|(label, v)| Some((Cbor::Integer(label), v?)))
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let pack = records.iter().map(|r| Cbor::Map(labelled(r))).collect();
+    serde_cbor::to_vec(&Cbor::Array(pack)).unwrap()
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn packs_are_written_byte_for_byte_as_through_cbor_values(raws in vec(raw_record(), 0..8)) {
+        prop_assert_eq!(encode_pack(&raws), encode_pack_through_values(&raws));
+    }
 
     #[test]
     fn encoded_packs_resolve_as_the_model_says(raws in vec(raw_record(), 0..8)) {
