@@ -116,10 +116,11 @@ impl<'a> LinkBuilder<'a> {
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 
+        // PATCH(edge-telemetry) #8: boxed, see `Event::Connect`.
         let event = Event::Connect {
-            connection,
-            incoming,
-            outgoing,
+            connection: Box::new(connection),
+            incoming: Box::new(incoming),
+            outgoing: Box::new(outgoing),
         };
 
         self.router_tx.send((0, event))?;
@@ -397,6 +398,11 @@ impl LinkRx {
         &mut self,
         notifications: &mut VecDeque<Notification>,
     ) -> Result<(), LinkError> {
+        // PATCH(edge-telemetry) #8: the caller drained `notifications`
+        // (RemoteLink::start writes them all before it asks again); release
+        // their room while the connection waits, which is most of its life,
+        // and give the router an empty queue to fill.
+        notifications.shrink_to_fit();
         self.router_rx.recv_async().await?;
         mem::swap(&mut *self.send_buffer.lock(), notifications);
         Ok(())

@@ -51,10 +51,12 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            // PATCH(edge-telemetry) #4: smaller buffers per connection
+            // PATCH(edge-telemetry) #4, #8: smaller buffers per connection
             // (upstream: 10 KiB each); both grow when a packet needs more.
-            read: BytesMut::with_capacity(4 * 1024),
-            write: BytesMut::with_capacity(1024),
+            // 2 KiB still takes a burst of ten 130-byte publishes in one read;
+            // a batch of 100 PUBACKs is 400 bytes.
+            read: BytesMut::with_capacity(2 * 1024),
+            write: BytesMut::with_capacity(512),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

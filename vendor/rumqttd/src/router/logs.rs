@@ -387,7 +387,7 @@ impl AckLog {
     }
 
     pub fn connack(&mut self, id: ConnectionId, ack: ConnAck, props: Option<ConnAckProperties>) {
-        let ack = Ack::ConnAck(id, ack, props);
+        let ack = Ack::ConnAck(id, ack, props.map(Box::new)); // PATCH(edge-telemetry) #8
         self.committed.push_back(ack);
     }
 

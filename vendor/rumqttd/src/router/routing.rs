@@ -140,7 +140,7 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
+            cache: Some(VecDeque::new()), // PATCH(edge-telemetry) #8: see handle_device_payload
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
         }
@@ -236,11 +236,12 @@ impl Router {
         let _guard = span.enter();
 
         match data {
+            // PATCH(edge-telemetry) #8: the variant's fields are boxed.
             Event::Connect {
                 connection,
                 incoming,
                 outgoing,
-            } => self.handle_new_connection(connection, incoming, outgoing),
+            } => self.handle_new_connection(*connection, *incoming, *outgoing),
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
@@ -883,6 +884,13 @@ impl Router {
             }
         }
 
+        // PATCH(edge-telemetry) #8: hand the next connection an empty
+        // queue, not this one's capacity. The cache is swapped into the
+        // connection whose data comes next, so a queue that grew for one
+        // burst (or the 200 packets, 78 KiB, upstream reserved in
+        // `Router::new`) went round every connection, and each kept the
+        // largest it met.
+        packets.shrink_to_fit();
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1391,6 +1399,9 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         buffer.push_back(message);
         count += 1;
     }
+    // PATCH(edge-telemetry) #8: a connection with no acks pending keeps
+    // no room for them.
+    acks.shrink_to_fit();
 
     debug!(acks_count = count, "Acks sent to device");
     outgoing.handle.try_send(()).ok();
@@ -1589,7 +1600,7 @@ fn forward_device_data(
                 cursor: offset,
                 size: 0,
                 publish,
-                properties,
+                properties: properties.map(Box::new), // PATCH(edge-telemetry) #8
             }
         });
 

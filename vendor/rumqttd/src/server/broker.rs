@@ -517,7 +517,12 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    // PATCH(edge-telemetry) #8: the CONNECT phase's futures are boxed.
+    // This task lives as long as its connection and is as large as its
+    // largest state; inline, the CONNECT handshake (timeouts, a 392-byte
+    // packet being written) made it 5.8 KiB for every connection, where the
+    // state it spends its life in (`link.start()`) needs a fraction of that.
+    let connect_packet = match Box::pin(mqtt_connect(config, &mut network)).await {
         Ok(p) => p,
         Err(e) => {
             // PATCH(edge-telemetry): a refused or broken CONNECT is one
@@ -567,14 +572,14 @@ async fn remote<P: Protocol>(
     lock_wills(&will_handlers).insert(client_id.clone(), will_tx.clone());
 
     // Start the link
-    let mut link = match RemoteLink::new(
+    let mut link = match Box::pin(RemoteLink::new(
         router_tx.clone(),
         tenant_id.clone(),
         network,
         connect_packet,
         dynamic_filters,
         assigned_client_id,
-    )
+    ))
     .await
     {
         Ok(l) => l,
