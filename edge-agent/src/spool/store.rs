@@ -26,7 +26,8 @@ pub(super) const ACKED_SEQ: &str = "acked_seq";
 /// Spool settings, after validation.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
-    /// Longest a group commit waits for more publishes before flushing (default 2 ms).
+    /// Longest a group commit waits for more publishes before flushing (default
+    /// 2 ms); it waits no longer than the last write and sync took.
     pub flush_interval: Duration,
     /// Most readings in one group commit, i.e. one block (default 1000).
     pub max_block_records: usize,
