@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Error, Packet, Protocol, Publish, Route};
+use rumqttd::protocol::{Error, Packet, Protocol, Publish, ReadyToWrite, Route};
 use telemetry::{check_well_formed, CborError, Limits};
 use tracing::{error, warn};
 
@@ -274,8 +274,6 @@ impl Clone for IngestCodec {
 
 impl Protocol for IngestCodec {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
-        // V4 keeps QoS private; it sits in bits 1-2 of the fixed header.
-        let qos = stream.first().map_or(0, |header| (header >> 1) & 0b11);
         let mut packet = V4.read_mut(stream, max_size)?;
         if let Packet::Connect(connect, ..) = &mut packet {
             // MQTT 3.1.1 §3.1.2.10: keep-alive 0 turns the mechanism off, but
@@ -312,7 +310,7 @@ impl Protocol for IngestCodec {
                     return Err(Error::InvalidProtocol);
                 }
             }
-            Packet::Publish(publish, _) => self.ingest(publish, qos)?,
+            Packet::Publish(publish, _) => self.ingest(publish, publish.qos() as u8)?,
             _ => {}
         }
         Ok(packet)
@@ -321,10 +319,7 @@ impl Protocol for IngestCodec {
     /// Before a batch holding a PUBACK or PUBREC is encoded, waits (as a
     /// future, not a blocked thread) until this connection's latest ticket
     /// has an outcome; `write` then finds it decided and does not block.
-    fn ready_to_write(
-        &self,
-        packets: &VecDeque<Packet>,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    fn ready_to_write(&self, packets: &VecDeque<Packet>) -> Option<ReadyToWrite> {
         if !packets
             .iter()
             .any(|p| matches!(p, Packet::PubAck(..) | Packet::PubRec(..)))

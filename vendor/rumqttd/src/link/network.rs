@@ -10,7 +10,7 @@ use std::{
 };
 use tokio::time::{error::Elapsed, Duration};
 
-use crate::protocol::{self, Packet, Protocol, PubAck, PubAckReason, QoS, Route};
+use crate::protocol::{self, Packet, Protocol, PubAck, PubAckReason, QoS, ReadyToWrite, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,10 +174,7 @@ impl<P: Protocol> Network<P> {
     }
 
     /// PATCH(edge-telemetry) #7: the protocol's [`Protocol::ready_to_write`].
-    pub fn ready_to_write(
-        &self,
-        packets: &VecDeque<Packet>,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    pub fn ready_to_write(&self, packets: &VecDeque<Packet>) -> Option<ReadyToWrite> {
         self.protocol.ready_to_write(packets)
     }
 

@@ -2,7 +2,7 @@ use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
+use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol, ReadyToWrite};
 use crate::router::{Event, Notification};
 use crate::{ConnectionId, ConnectionSettings};
 
@@ -133,7 +133,7 @@ impl<P: Protocol> RemoteLink<P> {
         // tells when they may be written. The connection goes on reading
         // while they wait, so more publishes join the same durable write.
         let mut answers: VecDeque<Packet> = VecDeque::new();
-        let mut ready: Option<Ready> = None;
+        let mut ready: Option<ReadyToWrite> = None;
 
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
@@ -194,9 +194,6 @@ impl<P: Protocol> RemoteLink<P> {
         }
     }
 }
-
-/// PATCH(edge-telemetry) #7: what [`Protocol::ready_to_write`] returns.
-type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Read MQTT connect packet from network and verify it.
 /// authentication and checks are done here.

@@ -763,6 +763,9 @@ pub enum Route {
     Keep,
 }
 
+/// PATCH(edge-telemetry) #6: what [`Protocol::ready_to_write`] returns.
+pub type ReadyToWrite = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
@@ -774,7 +777,7 @@ pub trait Protocol {
     fn ready_to_write(
         &self,
         _packets: &std::collections::VecDeque<Packet>,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    ) -> Option<ReadyToWrite> {
         None
     }
 
